@@ -330,6 +330,7 @@ class ImageDataModule(pl.LightningDataModule):
         steps_per_chunk: int = 64,
         eval_batch_size: int = 10000,
         seed: int = 0,
+        test_every_epoch: bool = False,
         online: bool = True,
     ) -> None:
         super().__init__()
@@ -341,6 +342,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.split, self.split_seed = split, split_seed
         self.steps_per_chunk, self.eval_batch_size = steps_per_chunk, eval_batch_size
         self.seed = seed  # the training order of epoch e depends on (seed, e) alone
+        self.test_every_epoch = test_every_epoch
         self.source = ""
         self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
 
@@ -401,11 +403,26 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DeviceBatches:
         return self._batches("train", shuffle=True)
 
-    def val_dataloader(self) -> DeviceBatches:
+    def val_dataloader(self) -> DeviceBatches | list[DeviceBatches]:
+        if self.test_every_epoch:
+            return [self._batches("val", shuffle=False), self._batches("test", shuffle=False)]
         return self._batches("val", shuffle=False)
 
     def test_dataloader(self) -> DeviceBatches:
         return self._batches("test", shuffle=False)
+
+
+class RepeatedBatch:
+    """One chunk holding the same full batch ``steps`` times: full-batch gradient descent."""
+
+    def __init__(self, batch: tuple[Tensor, Tensor], steps: int) -> None:
+        self.batch, self.steps = batch, steps
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[list[tuple[Tensor, Tensor]]]:
+        yield [self.batch] * self.steps
 
 
 class SingleSample(pl.LightningDataModule):
@@ -415,18 +432,16 @@ class SingleSample(pl.LightningDataModule):
         super().__init__()
         self.x, self.y, self.steps = x, y, steps
 
-    def _sample(self) -> tuple[Tensor, Tensor]:
+    def _repeated(self, steps: int) -> RepeatedBatch:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        return (
-            torch.tensor([[self.x]], device=device),
-            torch.tensor([[self.y]], device=device),
-        )
+        sample = (torch.tensor([[self.x]], device=device), torch.tensor([[self.y]], device=device))
+        return RepeatedBatch(sample, steps)
 
-    def train_dataloader(self) -> list[list[tuple[Tensor, Tensor]]]:
-        return [[self._sample()] * self.steps]
+    def train_dataloader(self) -> RepeatedBatch:
+        return self._repeated(self.steps)
 
-    def val_dataloader(self) -> list[list[tuple[Tensor, Tensor]]]:
-        return [[self._sample()]]
+    def val_dataloader(self) -> RepeatedBatch:
+        return self._repeated(1)
 
     test_dataloader = val_dataloader
 

@@ -67,10 +67,11 @@ class DMLP(nn.Sequential):
 
 
 class Neuron(nn.Module):
-    """Figure 5-4: one input, one sigmoid output unit, z = w x + b, from a chosen (w, b)."""
+    """Figure 5-4: one input, one output unit, z = w x + b, from start = (w, b)."""
 
-    def __init__(self, w: float = 2.0, b: float = 2.0) -> None:
+    def __init__(self, start: Sequence[float] = (2.0, 2.0)) -> None:
         super().__init__()
+        w, b = start
         self.w = nn.Parameter(torch.tensor(float(w)))
         self.b = nn.Parameter(torch.tensor(float(b)))
 

@@ -107,10 +107,10 @@ class LitClassifier(pl.LightningModule):
             self.manual_backward(loss)
             if diagnose:
                 self._record_diagnostics(logits.detach(), y, logits.grad)
+            if self.trace:  # before the update: the values this step's gradient was taken at
+                self._trace_step(logits.detach())
             optimizer.step()
             self._step_losses.append(loss.detach())
-            if self.trace:
-                self._trace_step(logits.detach())
         self._flush_step_logs()
 
     def _record_diagnostics(self, logits: Tensor, labels: Tensor, grad: Tensor) -> None:
@@ -129,10 +129,13 @@ class LitClassifier(pl.LightningModule):
         self._trace_values.append(torch.stack(scalars))
 
     def _flush_step_logs(self) -> None:
-        """Send this chunk's per-step values to the loggers: one host sync per chunk."""
+        """Send this chunk's per-step values to the loggers: one host sync per chunk.
+
+        A value is logged at the number of updates made before it was computed, the same
+        x-axis as validation: the loss at step 0 is the loss of the initial weights.
+        """
         losses = torch.stack(self._step_losses).tolist()
-        last_step = self.global_step
-        first_step = last_step - len(losses) + 1
+        first_step = self.global_step - len(losses)
         for step, value in enumerate(losses, start=first_step):
             if not math.isfinite(value):
                 raise Divergence(
@@ -142,7 +145,7 @@ class LitClassifier(pl.LightningModule):
             self._last_finite_loss = value
             self._interval_sum += value
             self._interval_count += 1
-            if step % self.log_every_n_steps == 0:
+            if (step + 1) % self.log_every_n_steps == 0:
                 self._log({"train/loss": self._interval_sum / self._interval_count}, step)
                 self._interval_sum, self._interval_count = 0.0, 0
         if self._trace_values:
@@ -234,11 +237,15 @@ class LitClassifier(pl.LightningModule):
         self._log(values, self.global_step)
         return values
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate("val", batch)
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # A second validation loader, if any, is the test set watched every epoch (Nielsen's
+        # chapter 3 reports test accuracy per epoch); nothing is selected on it.
+        self._evaluate(("val", "test")[dataloader_idx], batch)
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_evaluation("val")
+        if self.metrics["test"]["acc"].update_called:
+            values |= self._log_evaluation("test")
         if not self.trainer.sanity_checking:
             self.val_history.append(
                 {"epoch": self.current_epoch + 1, "step": self.global_step} | values

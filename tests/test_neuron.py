@@ -1,0 +1,68 @@
+"""Figure 5-4 through the real entry point, module and losses: the reference values."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import job_dirs, read_metrics, run_train
+
+
+@pytest.fixture(scope="module")
+def neuron_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    sweep_dir = tmp_path_factory.mktemp("neuron")
+    run_train(
+        ["-m", "experiment=neuron", f"hydra.sweep.dir={sweep_dir}", "trainer.accelerator=cpu"]
+    )
+    runs = {p.name: p for p in job_dirs(sweep_dir)}
+    assert len(runs) == 4, sorted(runs)
+    return runs
+
+
+def series(run_dir: Path, tag: str) -> dict[int, float]:
+    (tb_dir,) = (run_dir / "tb").iterdir()
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+def final_output(run_dir: Path, loss: str) -> float:
+    """o after the 300th step, from the cost of the final weights on the sample (y = 0)."""
+    val_loss = read_metrics(run_dir)["metrics"]["val_history"][-1]["val/loss"]
+    return math.sqrt(2 * val_loss) if loss == "mse" else 1 - math.exp(-val_loss)
+
+
+def run_for(runs: dict[str, Path], loss: str, start: str) -> Path:
+    (match,) = [p for name, p in runs.items() if f"loss={loss}" in name and start in name]
+    return match
+
+
+def test_mse_learns_slowly_from_the_saturated_start(neuron_sweep: dict[str, Path]) -> None:
+    run_dir = run_for(neuron_sweep, "mse", "[2.0,2.0]")
+    cost = series(run_dir, "train/loss")
+    assert sorted(cost) == list(range(300))  # cost after 0 .. 299 updates
+    assert cost[0] == pytest.approx(0.482, abs=1e-3)
+    assert cost[150] == pytest.approx(0.436, abs=1e-3)
+    assert min(step for step, value in cost.items() if value < 0.1) == 238
+    assert final_output(run_dir, "mse") == pytest.approx(0.203, abs=1e-3)
+    output = series(run_dir, "train/output")
+    assert output[0] == pytest.approx(1 / (1 + math.exp(-4)), abs=1e-6)
+    w, b = series(run_dir, "param/w"), series(run_dir, "param/b")
+    assert (w[0], b[0]) == (2.0, 2.0)
+
+
+def test_cross_entropy_learns_fast_from_the_same_start(neuron_sweep: dict[str, Path]) -> None:
+    run_dir = run_for(neuron_sweep, "bce", "[2.0,2.0]")
+    cost = series(run_dir, "train/loss")
+    assert min(step for step, value in cost.items() if value < 0.1) == 52
+    assert final_output(run_dir, "bce") == pytest.approx(0.012, abs=1e-3)
+
+
+def test_both_costs_learn_from_the_unsaturated_start(neuron_sweep: dict[str, Path]) -> None:
+    for loss in ("mse", "bce"):
+        run_dir = run_for(neuron_sweep, loss, "[0.6,0.9]")
+        assert series(run_dir, "param/w")[0] == pytest.approx(0.6)
+        assert final_output(run_dir, loss) < 0.25
