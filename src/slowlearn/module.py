@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -25,6 +27,25 @@ from slowlearn.losses import ACTIVATIONS, LOSSES, objective, probabilities
 
 Batch = list[tuple[Tensor, Tensor]]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class StepRecords:
+    """Per-step values waiting on the device for the next flush to the loggers.
+
+    A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
+    """
+
+    losses: list[Tensor] = field(default_factory=list)
+    trace: list[Tensor] = field(default_factory=list)
+    error_signal_sums: list[Tensor] = field(default_factory=list)
+    grad_norms: list[Tensor] = field(default_factory=list)
+    grad_norm_names: list[str] = field(default_factory=list)
+    histogram: list[Tensor] = field(default_factory=list)  # per-sample |de/dz_y|, per epoch
+    interval_sum: float = 0.0
+    interval_count: int = 0
+    last_finite_loss: float = math.nan
+    epoch_started: float = 0.0
 
 
 class Divergence(RuntimeError):
@@ -48,6 +69,7 @@ class LitClassifier(pl.LightningModule):
         diagnostics_every_n_steps: int = 10,
         diagnostics_window: int = 100,
         trace: bool = False,
+        backward_hooks: bool = False,
     ) -> None:
         super().__init__()
         for kind, value, valid in (
@@ -64,6 +86,8 @@ class LitClassifier(pl.LightningModule):
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
         self.diagnostics_window = diagnostics_window
         self.trace = trace
+        self.backward_hooks = backward_hooks
+        self.plain_backward = False  # decided in on_fit_start, once the strategy is known
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
@@ -79,8 +103,7 @@ class LitClassifier(pl.LightningModule):
         self.val_history: list[dict[str, float]] = []
         self.epoch_seconds: list[float] = []
         self.test_results: dict[str, float] = {}
-        self._reset_step_buffers()
-        self._reset_diagnostics()
+        self.records = StepRecords()
 
     # ------------------------------------------------------------ training
 
@@ -90,127 +113,126 @@ class LitClassifier(pl.LightningModule):
     def objective(self, logits: Tensor, target: Tensor) -> Tensor:
         return objective(self.activation, self.loss_name, logits, target, self.log_base)
 
+    def on_fit_start(self) -> None:
+        # manual_backward costs about 10% of a small model's CPU step in hook calls. Where it
+        # does nothing else (one device, 32-bit) a plain backward is the same computation;
+        # DDP needs it to re-arm gradient sync before each backward, mixed precision to scale.
+        self.plain_backward = (
+            not self.backward_hooks
+            and isinstance(self.trainer.strategy, SingleDeviceStrategy)
+            and str(self.trainer.precision) == "32-true"
+        )
+
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         optimizer = self.optimizers()
-        for x, y in batch:
-            step = self.global_step  # steps taken before this one
+        records, every = self.records, self.diagnostics_every_n_steps
+        first_step = self.global_step  # updates made before this chunk
+        for offset, (x, y) in enumerate(batch):
             diagnose = (
-                self.diagnostics_every_n_steps > 0
-                and step % self.diagnostics_every_n_steps == 0
-                and not y.is_floating_point()
+                every > 0 and (first_step + offset) % every == 0 and not y.is_floating_point()
             )
             logits = self.model(x)
             if diagnose:
                 logits.retain_grad()
             loss = self.objective(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            if self.plain_backward:
+                loss.backward()
+            else:
+                self.manual_backward(loss)
             if diagnose:
                 self._record_diagnostics(logits.detach(), y, logits.grad)
             if self.trace:  # before the update: the values this step's gradient was taken at
                 self._trace_step(logits.detach())
             optimizer.step()
-            self._step_losses.append(loss.detach())
-        self._flush_step_logs()
+            records.losses.append(loss.detach())
+        self._flush_step_logs(first_step)
 
     def _record_diagnostics(self, logits: Tensor, labels: Tensor, grad: Tensor) -> None:
         sums, true_class = diagnostics.error_signal_sums(self.activation, logits, labels, grad)
         names, norms = diagnostics.weight_grad_norms(self.model)
-        self._grad_norm_names = names
-        if self._diag_samples:
-            sums, norms = sums + self._diag_sums, norms + self._grad_norm_sums
-        self._diag_sums, self._grad_norm_sums = sums, norms
-        self._diag_samples += 1
-        self._histogram_values.append(true_class)
+        self.records.grad_norm_names = names
+        self.records.error_signal_sums.append(sums)
+        self.records.grad_norms.append(norms)
+        self.records.histogram.append(true_class)
 
     def _trace_step(self, logits: Tensor) -> None:
         scalars = [probabilities(self.activation, logits).mean()]
         scalars += [p.detach().reshape(()) for p in self.model.parameters() if p.numel() == 1]
-        self._trace_values.append(torch.stack(scalars))
+        self.records.trace.append(torch.stack(scalars))
 
-    def _flush_step_logs(self) -> None:
+    def _flush_step_logs(self, first_step: int) -> None:
         """Send this chunk's per-step values to the loggers: one host sync per chunk.
 
         A value is logged at the number of updates made before it was computed, the same
         x-axis as validation: the loss at step 0 is the loss of the initial weights.
         """
-        losses = torch.stack(self._step_losses).tolist()
-        first_step = self.global_step - len(losses)
+        records = self.records
+        losses = torch.stack(records.losses).tolist()
         for step, value in enumerate(losses, start=first_step):
             if not math.isfinite(value):
                 raise Divergence(
                     f"training loss is {value} at step {step}; "
-                    f"last finite loss {self._last_finite_loss:.6g}"
+                    f"last finite loss {records.last_finite_loss:.6g}"
                 )
-            self._last_finite_loss = value
-            self._interval_sum += value
-            self._interval_count += 1
+            records.last_finite_loss = value
+            records.interval_sum += value
+            records.interval_count += 1
             if (step + 1) % self.log_every_n_steps == 0:
-                self._log({"train/loss": self._interval_sum / self._interval_count}, step)
-                self._interval_sum, self._interval_count = 0.0, 0
-        if self._trace_values:
+                self._log({"train/loss": records.interval_sum / records.interval_count}, step)
+                records.interval_sum, records.interval_count = 0.0, 0
+        if records.trace:
             names = ["train/output"] + [
                 f"param/{name}" for name, p in self.model.named_parameters() if p.numel() == 1
             ]
-            for step, row in enumerate(torch.stack(self._trace_values).tolist(), first_step):
+            for step, row in enumerate(torch.stack(records.trace).tolist(), first_step):
                 self._log(dict(zip(names, row, strict=True)), step)
         self.log("loss", losses[-1], prog_bar=True, logger=False)
-        self._step_losses, self._trace_values = [], []
-        if self._diag_samples * self.diagnostics_every_n_steps >= self.diagnostics_window:
+        records.losses.clear()
+        records.trace.clear()
+        diagnosed_steps = len(records.error_signal_sums) * self.diagnostics_every_n_steps
+        if diagnosed_steps >= self.diagnostics_window:
             self._flush_diagnostics()
 
     def _flush_diagnostics(self) -> None:
-        if not self._diag_samples:
+        records = self.records
+        if not records.error_signal_sums:
             return
-        metrics = {
-            f"diag/{name}": value
-            for name, value in diagnostics.window_means(self._diag_sums).items()
-        }
-        norms = (self._grad_norm_sums / self._diag_samples).tolist()
+        sums = torch.stack(records.error_signal_sums).sum(dim=0)
+        metrics = {f"diag/{name}": value for name, value in diagnostics.window_means(sums).items()}
+        norms = torch.stack(records.grad_norms).mean(dim=0).tolist()
         metrics |= {
             f"diag/grad_norm/{name}": value
-            for name, value in zip(self._grad_norm_names, norms, strict=True)
+            for name, value in zip(records.grad_norm_names, norms, strict=True)
         }
         self._log(metrics, self.global_step)
-        self._diag_sums, self._grad_norm_sums, self._diag_samples = None, None, 0
+        records.error_signal_sums.clear()
+        records.grad_norms.clear()
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_started = time.perf_counter()
+        self.records.epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        self.epoch_seconds.append(time.perf_counter() - self.records.epoch_started)
         self._flush_diagnostics()
-        if self._histogram_values:
-            values = torch.cat(self._histogram_values)
+        if self.records.histogram:
+            values = torch.cat(self.records.histogram)
             for logger in self.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_histogram(
                         "diag/error_signal/true_class", values, self.global_step
                     )
-            self._histogram_values = []
+            self.records.histogram.clear()
         self._log(
             {"time/epoch_seconds": self.epoch_seconds[-1], "epoch": self.current_epoch},
             self.global_step,
         )
-
-    def _reset_step_buffers(self) -> None:
-        self._step_losses: list[Tensor] = []
-        self._trace_values: list[Tensor] = []
-        self._interval_sum, self._interval_count = 0.0, 0
-        self._last_finite_loss = math.nan
-
-    def _reset_diagnostics(self) -> None:
-        self._diag_sums: Tensor | None = None
-        self._grad_norm_sums: Tensor | None = None
-        self._grad_norm_names: list[str] = []
-        self._diag_samples = 0
-        self._histogram_values: list[Tensor] = []
 
     # ------------------------------------------------------------ evaluation
 

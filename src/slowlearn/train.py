@@ -57,7 +57,7 @@ def summarise(module: LitClassifier) -> dict[str, Any]:
         "final_val_acc": history[-1]["val/acc"] if history else None,
         "epoch_to_90_val_acc": reached["epoch"] if reached else None,
         "step_to_90_val_acc": reached["step"] if reached else None,
-        "final_train_loss": module._last_finite_loss,
+        "final_train_loss": module.records.last_finite_loss,
         "val_history": history,
         "epoch_seconds": module.epoch_seconds,
     }

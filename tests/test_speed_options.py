@@ -1,0 +1,55 @@
+"""Every speed option leaves the SGD trajectory unchanged: bit-identical weights on CPU."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from slowlearn.data import ImageDataModule
+from slowlearn.model import DMLP
+from slowlearn.module import LitClassifier
+
+
+def train_weights(data_dir: Path, steps_per_chunk: int, backward_hooks: bool) -> list[torch.Tensor]:
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    module = LitClassifier(
+        DMLP(hidden_sizes=[16], hidden_activation="sigmoid"),
+        partial(torch.optim.SGD, lr=0.1),
+        activation="sigmoid",
+        loss="mse",
+        backward_hooks=backward_hooks,
+    )
+    data = ImageDataModule(
+        dir=str(data_dir),
+        batch_size=32,
+        val_size=100,
+        steps_per_chunk=steps_per_chunk,
+        online=False,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2 * 16  # 500 samples in batches of 32, per epoch
+    assert module.plain_backward is not backward_hooks
+    return [p.detach().clone() for p in module.model.parameters()]
+
+
+@pytest.mark.parametrize(("steps_per_chunk", "backward_hooks"), [(1, True), (5, False), (64, True)])
+def test_chunking_and_plain_backward_do_not_change_the_weights(
+    tiny_data: Path, steps_per_chunk: int, backward_hooks: bool
+) -> None:
+    reference = train_weights(tiny_data, steps_per_chunk=64, backward_hooks=False)
+    variant = train_weights(tiny_data, steps_per_chunk, backward_hooks)
+    for expected, actual in zip(reference, variant, strict=True):
+        assert torch.equal(expected, actual)
