@@ -87,7 +87,10 @@ def as_matrix(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if target.dtype in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
         if logits.shape[1] == 1:
             raise ValueError("class-index targets need at least 2 outputs; use float {0,1}")
-        target = F.one_hot(target.long(), logits.shape[1]).to(logits.dtype)
+        # One-hot rows by scatter: F.one_hot would also check the labels' range with two
+        # host round trips per call, a visible cost at one call per training step.
+        one_hot = torch.zeros_like(logits)
+        target = one_hot.scatter_(1, target.long().unsqueeze(1), 1.0)
     elif target.dim() == 1:
         target = target.unsqueeze(1)
     if target.shape != logits.shape:
