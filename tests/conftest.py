@@ -60,12 +60,13 @@ TINY_ARGS = [
 
 
 def run_train(
-    args: list[str], check: bool = True, timeout: float = 600
+    args: list[str], check: bool = True, timeout: float = 600, threads: int | None = 1
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m slowlearn.train`` as a user would, with one torch thread."""
+    """Run ``python -m slowlearn.train`` as a user would, with one torch thread (None: the
+    entry point's own split of the cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, "-m", "slowlearn.train", *args, "threads=1"],
+        [sys.executable, "-m", "slowlearn.train", *args, f"threads={threads or 'null'}"],
         cwd=REPO,
         env=env,
         capture_output=True,
