@@ -1,0 +1,163 @@
+"""Sweeps on Hydra's launchers: joblib processes, submitit (local here, SLURM by its sbatch
+script), threads split between parallel jobs, and GPUs handed out round-robin."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import submitit
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from slowlearn import train
+from tests.conftest import REPO, TINY_ARGS, job_dirs, read_metrics, run_train
+
+ONE_EPOCH = [a for a in TINY_ARGS if not a.startswith("trainer.max_epochs")]
+ONE_EPOCH.append("trainer.max_epochs=1")
+
+
+def compose_with_hydra(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.fixture
+def hydra_config() -> Iterator:
+    """Sets HydraConfig as a running job sees it; restores the previous one afterwards."""
+    previous = HydraConfig.instance().cfg
+
+    def set_config(*overrides: str) -> None:
+        HydraConfig.instance().set_config(compose_with_hydra(*overrides))
+
+    yield set_config
+    HydraConfig.instance().cfg = previous
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "job_num", "n_gpus", "expected"),
+    [
+        ("auto", 1, 0, 4, [0]),
+        ("auto", 1, 5, 4, [1]),
+        ("gpu", "1", 3, 2, [1]),
+        ("cuda", 1, 2, 2, [0]),
+        ("auto", 1, None, 4, None),  # a single run keeps the configured device
+        ("auto", 1, 3, 1, None),  # one GPU: nothing to spread
+        ("auto", 1, 3, 0, None),  # no GPU
+        ("cpu", 1, 3, 4, None),
+        ("auto", 2, 3, 4, None),  # DDP over several devices
+        ("gpu", [2], 3, 4, None),  # an explicit device list
+    ],
+)
+def test_sweep_jobs_go_round_robin_over_the_gpus(
+    accelerator: str, devices: object, job_num: int | None, n_gpus: int, expected: object
+) -> None:
+    assert train.round_robin_devices(accelerator, devices, job_num, n_gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cores"),
+    [
+        ([], 8),
+        (["hydra.mode=MULTIRUN"], 8),
+        (["hydra.mode=MULTIRUN", "hydra/launcher=joblib"], 1),  # n_jobs=-1: a job per core
+        (["hydra.mode=MULTIRUN", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 4),
+        (["hydra.mode=MULTIRUN", "hydra/launcher=joblib", "hydra.launcher.n_jobs=-3"], 1),
+        (["hydra.mode=MULTIRUN", "hydra/launcher=joblib", "hydra.launcher.n_jobs=16"], 1),
+        (["hydra.mode=MULTIRUN", "hydra/launcher=slurm"], 4),  # its cpus_per_task
+        (["hydra.mode=MULTIRUN", "hydra/launcher=submitit_local"], 8),
+    ],
+)
+def test_parallel_jobs_split_the_cores(
+    hydra_config, monkeypatch: pytest.MonkeyPatch, overrides: list[str], cores: int
+) -> None:
+    monkeypatch.setattr(train, "available_cores", lambda: 8)
+    hydra_config(*overrides)
+    assert train.cores_per_job() == cores
+
+
+def test_joblib_sweep_runs_two_jobs_with_the_cores_split(tiny_data: Path, tmp_path: Path) -> None:
+    run_train(
+        [
+            "-m",
+            "seed=0,1",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"data.dir={tiny_data}",
+            f"hydra.sweep.dir={tmp_path}",
+            *ONE_EPOCH,
+        ],
+        threads=None,
+    )
+    records = [read_metrics(run_dir) for run_dir in job_dirs(tmp_path)]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    expected = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert [r["threads"] for r in records] == [expected, expected]
+
+
+def test_submitit_local_sweep_completes_both_jobs(tiny_data: Path, tmp_path: Path) -> None:
+    run_train(
+        [
+            "-m",
+            "seed=0,1",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            f"data.dir={tiny_data}",
+            f"hydra.sweep.dir={tmp_path}",
+            *ONE_EPOCH,
+        ]
+    )
+    records = [read_metrics(run_dir) for run_dir in job_dirs(tmp_path)]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert {r["config"]["seed"] for r in records} == {0, 1}
+    assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))  # really ran through submitit
+
+
+def test_slurm_launcher_passes_the_documented_resources_to_sbatch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cfg = compose_with_hydra(
+        "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=2",
+        "hydra.launcher.timeout_min=30",
+        "hydra.launcher.partition=gpu",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.job.name=train",
+    )
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+
+    class Submitted(Exception):
+        """Raised instead of calling sbatch, carrying the executor the launcher built."""
+
+    def submit(executor: submitit.AutoExecutor, *args: object) -> None:
+        raise Submitted(executor)
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # "srun"
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", submit)
+    with pytest.raises(Submitted) as submitted:
+        launcher.launch([["seed=0"]], initial_job_idx=0)
+    script = submitted.value.args[0]._executor._make_submission_file_text("python -m x", "uid")
+    for line in ("--gpus-per-node=2", "--time=30", "--partition=gpu", "--cpus-per-task=4"):
+        assert f"#SBATCH {line}\n" in script
+
+
+def test_a_sweep_refuses_to_start_ddp_processes(tiny_data: Path, tmp_path: Path) -> None:
+    result = run_train(
+        [
+            "-m",
+            "trainer=ddp",
+            "trainer.devices=2",
+            f"data.dir={tiny_data}",
+            f"hydra.sweep.dir={tmp_path}",
+            *ONE_EPOCH,
+        ],
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "a sweep cannot start DDP processes itself" in result.stderr
+    assert "train_ddp_process_1.log" not in {p.name for p in tmp_path.rglob("*")}
