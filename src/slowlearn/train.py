@@ -10,7 +10,9 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,20 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from slowlearn.data import write_atomically
+from slowlearn.data import DATASETS, write_atomically
+from slowlearn.losses import ACTIVATIONS, LOSSES
+from slowlearn.model import HIDDEN_ACTIVATIONS, INITS
 from slowlearn.module import Divergence, LitClassifier
 
 VAL_ACC_TARGET = 0.9  # "steps to 90% val accuracy": how fast an objective learns
+HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
 
 
 def available_cores() -> int:
@@ -124,19 +130,144 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
+    """The HPARAMS tab's data: the settings, the metric columns, and this run's values.
+
+    Every run declares all four metric columns, also one it has no value for (90% never
+    reached): TensorBoard takes the columns of the whole sweep from one arbitrary run.
+    """
+    tags = {name: f"hparams/{name}" for name in HPARAM_METRICS}
     metrics = {
-        f"hparams/{name}": float(summary[name])
-        for name in ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
+        tags[name]: float(summary[name])
+        for name in HPARAM_METRICS
         if summary.get(name) is not None and math.isfinite(float(summary[name]))
+    }
+    # TensorBoard takes numbers, strings and bools; the rest (hidden_sizes, a ListConfig) as
+    # text, as Lightning's log_hyperparams would.
+    params = {
+        name: value if isinstance(value, bool | int | float | str) else str(value)
+        for name, value in hparams(cfg).items()
     }
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams(cfg), metrics)
+            logger.log_metrics(metrics, step=0)
+            # What Lightning's log_hyperparams writes, with every column declared.
+            writer = logger.experiment._get_file_writer()
+            for summary_proto in hparams_summaries(params, dict.fromkeys(tags.values())):
+                writer.add_summary(summary_proto)
 
 
 @rank_zero_only  # with DDP every rank runs main(); the run folder has one metrics.json
 def write_metrics(output_dir: Path, record: dict[str, Any]) -> None:
     write_atomically(output_dir / "metrics.json", json.dumps(record, indent=2).encode())
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed: one line naming the key, the value and the choices."""
+
+
+TRAINING_SET_SIZE = 60_000  # MNIST and Fashion-MNIST alike
+RESUME_MAY_CHANGE = ("trainer.max_epochs", "threads")  # the rest is the run's own config
+
+
+def folder_is_writable(folder: str) -> bool:
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast, before any data or training work, on a value that cannot work."""
+
+    def require(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            shown = list(value) if isinstance(value, ListConfig) else value
+            raise ConfigError(f"{key}={shown!r} is not allowed: {allowed}")
+
+    def number(key: str) -> Any:
+        value = OmegaConf.select(cfg, key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def positive(key: str, integer: bool = False) -> None:
+        value = number(key)
+        ok = value is not None and value > 0 and (isinstance(value, int) or not integer)
+        require(ok, key, "a positive integer" if integer else "a positive number")
+
+    def one_of(key: str, choices: Iterable[str]) -> None:
+        require(OmegaConf.select(cfg, key) in choices, key, f"one of {', '.join(choices)}")
+
+    one_of("activation.name", ACTIVATIONS)
+    one_of("loss.name", LOSSES)
+    positive("optimizer.lr")
+    try:
+        get_class(cfg.optimizer._target_)
+    except Exception:  # noqa: BLE001 - any import failure means the same to the user
+        require(False, "optimizer._target_", "an importable optimizer class, e.g. torch.optim.SGD")
+    positive("trainer.max_epochs", integer=True)
+    model, data = cfg.model, cfg.data
+    if "hidden_sizes" in model:
+        sizes = model.hidden_sizes
+        require(
+            isinstance(sizes, ListConfig)
+            and len(sizes) > 0
+            and all(isinstance(size, int) and size > 0 for size in sizes),
+            "model.hidden_sizes",
+            "a non-empty list of positive integers, e.g. [100, 100]",
+        )
+    if "hidden_activation" in model:
+        one_of("model.hidden_activation", HIDDEN_ACTIVATIONS)
+    if "init" in model:
+        one_of("model.init", INITS)
+    if "dataset" in data:
+        one_of("data.dataset", DATASETS)
+    if "batch_size" in data:
+        positive("data.batch_size", integer=True)
+    if "val_size" in data:
+        value = number("data.val_size")
+        require(
+            isinstance(value, int) and 0 < value < TRAINING_SET_SIZE,
+            "data.val_size",
+            f"1 to {TRAINING_SET_SIZE - 1} (the training set has {TRAINING_SET_SIZE} samples)",
+        )
+    if "dir" in data:
+        require(
+            folder_is_writable(data.dir), "data.dir", "a folder that can be created and written"
+        )
+
+
+def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfig, Path]:
+    """The config of the run in ``cfg.resume`` and its last checkpoint. Only the settings in
+    RESUME_MAY_CHANGE may be overridden: a continued run is the same experiment."""
+    run_dir = Path(cfg.resume)
+    saved, checkpoint = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not saved.is_file():
+        raise ConfigError(f"resume={str(run_dir)!r} is not allowed: not a run folder (no {saved})")
+    if not checkpoint.is_file():
+        raise ConfigError(
+            f"resume={str(run_dir)!r} is not allowed: no {checkpoint} yet (the run stopped "
+            "before its first epoch ended); start it again instead"
+        )
+    changed = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
+    refused = [o for o in changed if o.split("=", 1)[0] not in RESUME_MAY_CHANGE]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)} is not allowed with resume: a resumed run keeps its own "
+            f"config; only {', '.join(RESUME_MAY_CHANGE)} may change"
+        )
+    resumed = OmegaConf.load(saved)
+    resumed.resume = str(run_dir)
+    for override in changed:
+        key = override.split("=", 1)[0]
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key))
+    # Hide what the interrupted run logged after its checkpoint: the curves continue from it.
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    for logger in resumed.get("logger", {}).values():
+        if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
+            logger.purge_step = step + 1
+    return resumed, checkpoint
 
 
 def instantiate_run(
@@ -155,8 +286,22 @@ def instantiate_run(
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    checkpoint = None
+    try:
+        if not OmegaConf.is_missing(cfg, "resume"):
+            cfg, checkpoint = resumed_config(cfg, hydra_cfg.overrides.task)
+        check_config(cfg)
+        output_dir = Path(cfg.run_dir)
+        if checkpoint is None and (output_dir / "metrics.json").exists():
+            raise ConfigError(
+                f"run folder {output_dir} already holds a run; resume it with "
+                f"resume={output_dir}, or start a new one elsewhere"
+            )
+    except ConfigError as error:
+        if sweep:
+            raise  # Hydra records this job as failed and goes on with the others
+        sys.exit(f"error: {error}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     job_num = hydra_cfg.job.num if sweep else None
@@ -184,7 +329,7 @@ def main(cfg: DictConfig) -> float | None:
     write_metrics(output_dir, record)
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
         trainer.test(module, datamodule=datamodule, verbose=False)
         record["status"] = "completed"
     except Divergence as error:
