@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The GPU check of issue 4, in one go on a CUDA machine without network:
+#   1. installs hydra-core, omegaconf, antlr4 and the joblib launcher (and pytest) from the
+#      carried wheels in .whl/ when they are missing,
+#   2. checks that MNIST is there (carry data/MNIST/raw; nothing is downloaded),
+#   3. runs the GPU-marked tests (pytest -m gpu),
+#   4. runs one default training run on the GPU,
+#   5. runs the benchmark on the GPU (scripts/bench.py --device cuda),
+#   6. prints a short table.
+# Every step runs even when an earlier one fails; the exit status says whether all passed.
+#
+#   scripts/gpu_check.sh           on the GPU machine
+#   scripts/gpu_check.sh --cpu     dry run of the same steps on the CPU, tiny settings
+#
+# Environment: OUT (results folder; default logs/gpu_check/<time>), DATA (dataset folder;
+# default data), PYTHON (default python3), EPOCHS (training run; default 3),
+# BENCH_ARGS (extra bench options, e.g. "--repeats 3").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+mode=cuda
+case "${1:-}" in
+  --cpu) mode=cpu ;;
+  "") ;;
+  *) echo "usage: $0 [--cpu]" >&2; exit 2 ;;
+esac
+PYTHON=${PYTHON:-python3}
+DATA=${DATA:-data}
+OUT=${OUT:-logs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+export PYTHONWARNINGS=ignore
+
+if [[ $mode == cuda ]]; then
+  epochs=${EPOCHS:-3}
+  accelerator=gpu
+  data_args=("data.dir=$DATA" "data.online=false")
+  train_args=()
+  bench_args=(--device cuda)
+  if ! "$PYTHON" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher, pytest" \
+      2>/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || { echo "error: installing .whl/*.whl failed" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+else  # the tiny dry run: val_size fits the tests' small data sets too
+  epochs=${EPOCHS:-1}
+  accelerator=cpu
+  data_args=("data.dir=$DATA" "data.online=false" "data.val_size=100")
+  train_args=(threads=1)
+  bench_args=(--device cpu --threads 1 --repeats 1 --warmup 0 --batch-sizes 512 --models default)
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+read -r -a extra_bench_args <<< "${BENCH_ARGS:-}"
+
+for file in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
+    t10k-labels-idx1-ubyte; do
+  if [[ ! -f $DATA/MNIST/raw/$file ]]; then
+    echo "error: $DATA/MNIST/raw/$file is missing: carry data/MNIST/raw (make data)" >&2
+    exit 1
+  fi
+done
+
+steps=()
+failed=0
+run_step() {  # run_step NAME COMMAND...: output to $OUT/NAME.log and the screen
+  local name=$1 started=$SECONDS status result
+  shift
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  status=${PIPESTATUS[0]}
+  if [[ $status == 0 ]]; then result=ok; else result="FAILED ($status)"; failed=1; fi
+  steps+=("| $name | $result | $((SECONDS - started)) |")
+}
+
+run_step gpu_tests "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider tests/test_gpu.py
+run_step train "$PYTHON" -m slowlearn.train "${data_args[@]}" "${train_args[@]}" \
+  "trainer.max_epochs=$epochs" "trainer.accelerator=$accelerator" "hydra.run.dir=$OUT/train" \
+  "+trainer.enable_progress_bar=false"
+run_step bench "$PYTHON" scripts/bench.py "${bench_args[@]}" "${extra_bench_args[@]}" \
+  --out "$OUT/bench" "${data_args[@]}"
+
+{
+  echo "## GPU check, $(date -u +%Y-%m-%dT%H:%MZ), mode $mode"
+  echo
+  command -v nvidia-smi > /dev/null &&
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader && echo
+  echo "| step | status | seconds |"
+  echo "|---|---|---:|"
+  printf '%s\n' "${steps[@]}"
+  echo
+  "$PYTHON" - "$OUT/train/metrics.json" <<'EOF'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(0)
+m = r.get("metrics", {})
+seconds = ", ".join(f"{s:.2f}" for s in m.get("epoch_seconds") or [])
+accuracy = m.get("test_acc") or float("nan")
+print(f"Training run: {r['status']} on {r.get('device')}, test accuracy {accuracy:.4f}, "
+      f"epoch seconds {seconds}\n")
+EOF
+  [[ -f $OUT/bench/bench.md ]] && cat "$OUT/bench/bench.md"
+} > "$OUT/summary.md"
+cat "$OUT/summary.md"
+echo "results in $OUT"
+exit $failed
