@@ -36,6 +36,22 @@ eval: $(INSTALLED)  ## test accuracy of a checkpoint: make eval CKPT=logs/runs/.
 bench: $(INSTALLED)  ## epoch times against a plain PyTorch loop and a torchvision DataLoader
 	$(PY) scripts/bench.py --out logs/bench $(BENCH_ARGS)
 
+# The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
+RUN ?= $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)
+
+.PHONY: report sweep
+report: $(INSTALLED)  ## summary.csv, report.md and curves.png of RUN (a multirun or run folder)
+	@test -n "$(RUN)" || { echo "no sweep under logs/multiruns: run make sweep, or give RUN=<folder>"; exit 2; }
+	$(PY) -m slowlearn.report $(RUN)
+
+# The sweep goes into a new folder of its own, so that the report reads this sweep; the report
+# is made even if a job failed (Hydra then exits non-zero, and so does make, after the report).
+sweep: $(INSTALLED)  ## the ablation (experiment=ablation, a Hydra multirun), then its report
+	mkdir -p logs/multiruns/ablation
+	dir=$$(mktemp -d logs/multiruns/ablation/$$(date +%Y-%m-%d_%H-%M-%S)-XXXX) && { \
+	  $(PY) -m slowlearn.train -m experiment=ablation hydra.sweep.dir=$$dir $(LAUNCHER_ARGS) $(ARGS); \
+	  trained=$$?; $(PY) -m slowlearn.report $$dir && exit $$trained; }
+
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir logs
 
