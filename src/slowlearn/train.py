@@ -122,11 +122,9 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     }
     values = {name: OmegaConf.select(cfg, key) for name, key in keys.items()}
     values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
-    return {
-        name: str(value) if isinstance(value, list | tuple) else value
-        for name, value in values.items()
-        if value is not None
-    }
+    # Every run names every column, "none" where a setting does not apply (Adam's momentum,
+    # the neuron's init): TensorBoard takes the columns of a sweep from one arbitrary run.
+    return {name: "none" if value is None else value for name, value in values.items()}
 
 
 def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
@@ -293,7 +291,9 @@ def main(cfg: DictConfig) -> float | None:
             cfg, checkpoint = resumed_config(cfg, hydra_cfg.overrides.task)
         check_config(cfg)
         output_dir = Path(cfg.run_dir)
-        if checkpoint is None and (output_dir / "metrics.json").exists():
+        # With DDP, Lightning re-runs this command for the other ranks, in rank 0's folder.
+        rank_zero = rank_zero_only.rank == 0
+        if checkpoint is None and rank_zero and (output_dir / "metrics.json").exists():
             raise ConfigError(
                 f"run folder {output_dir} already holds a run; resume it with "
                 f"resume={output_dir}, or start a new one elsewhere"
