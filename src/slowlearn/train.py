@@ -122,9 +122,11 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     }
     values = {name: OmegaConf.select(cfg, key) for name, key in keys.items()}
     values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
-    # Every run names every column, "none" where a setting does not apply (Adam's momentum,
-    # the neuron's init): TensorBoard takes the columns of a sweep from one arbitrary run.
-    return {name: "none" if value is None else value for name, value in values.items()}
+    return {
+        name: str(value) if isinstance(value, list | tuple) else value
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
