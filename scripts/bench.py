@@ -391,7 +391,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-process", action="store_true", help="skip the process timing")
     parser.add_argument("--out", type=Path, default=REPO / "logs" / "bench")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for make train")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be at least 1 and --warmup at least 0")
+    return args
 
 
 def main() -> None:
