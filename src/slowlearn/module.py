@@ -45,6 +45,7 @@ class StepRecords:
     interval_sum: float = 0.0
     interval_count: int = 0
     last_finite_loss: float = math.nan
+    last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
     epoch_started: float = 0.0
 
 
@@ -179,7 +180,8 @@ class LitClassifier(pl.LightningModule):
             records.interval_sum += value
             records.interval_count += 1
             if (step + 1) % self.log_every_n_steps == 0:
-                self._log({"train/loss": records.interval_sum / records.interval_count}, step)
+                records.last_logged_loss = records.interval_sum / records.interval_count
+                self._log({"train/loss": records.last_logged_loss}, step)
                 records.interval_sum, records.interval_count = 0.0, 0
         if records.trace:
             names = ["train/output"] + [

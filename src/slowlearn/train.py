@@ -98,7 +98,7 @@ def summarise(module: LitClassifier) -> dict[str, Any]:
         "final_val_acc": history[-1]["val/acc"] if history else None,
         "epoch_to_90_val_acc": reached["epoch"] if reached else None,
         "step_to_90_val_acc": reached["step"] if reached else None,
-        "final_train_loss": module.records.last_finite_loss,
+        "final_train_loss": module.records.last_logged_loss,  # mean of the last window
         "val_history": history,
         "epoch_seconds": module.epoch_seconds,
     }
@@ -122,11 +122,9 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     }
     values = {name: OmegaConf.select(cfg, key) for name, key in keys.items()}
     values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
-    return {
-        name: str(value) if isinstance(value, list | tuple) else value
-        for name, value in values.items()
-        if value is not None
-    }
+    # Every run names every column, "none" where a setting does not apply (Adam's momentum,
+    # the neuron's init): TensorBoard takes the columns of a sweep from one arbitrary run.
+    return {name: "none" if value is None else value for name, value in values.items()}
 
 
 def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
