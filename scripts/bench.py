@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -156,12 +157,9 @@ def naive_loop(cfg: Any, device: Any, size: int) -> PlainLoop:
 
 def slowlearn_epoch(cfg: Any, device: Any, run_dir: Path) -> dict[str, float]:
     """One ``make train`` fit of one epoch, in-process, written to ``run_dir``."""
-    from hydra.core.hydra_config import HydraConfig
-
     from slowlearn.train import instantiate_run
 
-    cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:runtime.output_dir}
+    cfg.run_dir = str(run_dir)  # what ${hydra:runtime.output_dir} gives a real run
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, _, trainer = instantiate_run(cfg)
     clock = StepsClock(device)
@@ -216,7 +214,7 @@ def bench_config(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             if setup == "slowlearn":
-                run_dir = args.out / "runs" / f"{model}_b{batch_size}" / f"round{index}"
+                run_dir = args.runs / f"{model}_b{batch_size}" / f"round{index}"
                 results[setup] = slowlearn_epoch(cfg, device, run_dir)
             else:
                 seconds, steps = timed(device, loops[setup].epoch)
@@ -279,7 +277,7 @@ def time_process(args: argparse.Namespace, accelerator: str) -> dict[str, float]
         "trainer.max_epochs=1",
         f"trainer.accelerator={accelerator}",
         f"threads={args.threads}",
-        f"hydra.run.dir={args.out / 'runs' / 'process'}",
+        f"hydra.run.dir={args.runs / 'process'}",
         "+callbacks.first_step._target_=scripts.bench.FirstStepClock",
         f"+callbacks.first_step.path={clock}",
     ]
@@ -401,6 +399,11 @@ def main() -> None:
     args = parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
+    # Every invocation trains into run folders of its own: a run folder is never reused.
+    (args.out / "runs").mkdir(exist_ok=True)
+    args.runs = Path(
+        tempfile.mkdtemp(prefix=time.strftime("%Y-%m-%d_%H-%M-%S_"), dir=args.out / "runs")
+    )
     warnings.filterwarnings("ignore")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)

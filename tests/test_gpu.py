@@ -84,7 +84,7 @@ def test_default_trainer_trains_on_the_gpu_with_the_data_moved_there_once(fit) -
     assert module.device.type == "cuda"
     for images, labels in datamodule.tensors.values():
         assert images.device.type == labels.device.type == "cuda"
-        assert images.dtype == torch.uint8  # stored compactly, converted per chunk
+        assert images.dtype == torch.float32  # normalised on the device once
 
 
 def test_training_steps_do_not_wait_for_the_host(fit) -> None:

@@ -32,21 +32,26 @@ def probabilities(activation: str, logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def log_probabilities(activation: str, logits: Tensor) -> tuple[Tensor, Tensor]:
-    """(log o, log(1 - o)) without ever taking the log of a probability."""
+def log_outputs(activation: str, logits: Tensor) -> Tensor:
+    """log o, by log-sigmoid or log-softmax: never the log of a probability."""
     if activation == "sigmoid":
-        # 1 - sigma(z) = sigma(-z)
-        return F.logsigmoid(logits), F.logsigmoid(-logits)
+        return F.logsigmoid(logits)
+    return torch.log_softmax(logits, dim=1)
+
+
+def log_one_minus_outputs(activation: str, logits: Tensor) -> Tensor:
+    """log(1 - o), by log-sigmoid or logsumexp: never the log of a probability."""
+    if activation == "sigmoid":
+        return F.logsigmoid(-logits)  # 1 - sigma(z) = sigma(-z)
     # softmax: 1 - o_i = sum_{j != i} exp(z_j) / sum_j exp(z_j), so
     # log(1 - o_i) = logsumexp_{j != i} z_j - logsumexp_j z_j.
     classes = logits.shape[1]
     if classes < 2:
         raise ValueError("softmax needs at least 2 outputs; with 1 output it is constant 1")
-    log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
     others = logits.unsqueeze(1).expand(-1, classes, -1)
     own_class = torch.eye(classes, dtype=torch.bool, device=logits.device)
     log_rest = torch.logsumexp(others.masked_fill(own_class, -math.inf), dim=2)
-    return logits - log_norm, log_rest - log_norm
+    return log_rest - torch.logsumexp(logits, dim=1, keepdim=True)
 
 
 # Per-sample objectives over the c outputs. y: float targets shaped like z (one-hot rows).
@@ -60,14 +65,14 @@ def mean_squared_error(activation: str, logits: Tensor, y: Tensor) -> Tensor:
 def binary_cross_entropy(activation: str, logits: Tensor, y: Tensor) -> Tensor:
     """Eq. 5.4 for one output, eq. 5.6 for c outputs:
     e = -sum_i (y_i log o_i + (1 - y_i) log(1 - o_i)); with sigmoid, de/dz = o - y (eq. 5.5)."""
-    log_o, log_one_minus_o = log_probabilities(activation, logits)
+    log_o = log_outputs(activation, logits)
+    log_one_minus_o = log_one_minus_outputs(activation, logits)
     return -(y * log_o + (1 - y) * log_one_minus_o).sum(dim=1)
 
 
 def negative_log_likelihood(activation: str, logits: Tensor, y: Tensor) -> Tensor:
     """Eq. 5.8: e = -log o_y, only the labelled output counts (y one-hot selects it)."""
-    log_o, _ = log_probabilities(activation, logits)
-    return -(y * log_o).sum(dim=1)
+    return -(y * log_outputs(activation, logits)).sum(dim=1)
 
 
 PER_SAMPLE: dict[str, Callable[[str, Tensor, Tensor], Tensor]] = {

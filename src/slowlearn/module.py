@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from slowlearn import diagnostics
 from slowlearn.losses import ACTIVATIONS, LOSSES, objective, probabilities
 
-Batch = list[tuple[Tensor, Tensor]]
+Batch = Iterable[tuple[Tensor, Tensor]]  # one Lightning batch: a chunk of (x, y) mini-batches
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
