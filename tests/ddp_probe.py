@@ -15,18 +15,17 @@ from torch import Tensor
 class RankProbe(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out = Path(out)
-        self.pixels: list[Tensor] = []
+        self.images: list[Tensor] = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: list, batch_idx: int
     ) -> None:
-        # The chunk's mini-batches hold pixels / 255; the bytes identify the samples.
-        self.pixels += [(x * 255).round().to(torch.uint8).flatten(1).cpu() for x, _ in batch]
+        self.images += [x.cpu() for x, _ in batch]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         record = {
-            "pixels": torch.cat(self.pixels),
+            "images": torch.cat(self.images),
             "weights": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,

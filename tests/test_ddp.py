@@ -22,13 +22,15 @@ def tiny_datamodule(tiny_data: Path) -> ImageDataModule:
     return datamodule
 
 
-def rows(pixels: Tensor) -> list[bytes]:
+def rows(images: Tensor) -> list[bytes]:
+    """Each image's pixel bytes (the data holds pixels / 255): they identify the samples."""
+    pixels = (images * 255).round().to(torch.uint8).flatten(1)
     return [row.numpy().tobytes() for row in pixels]
 
 
 def test_datamodule_rank_shards_are_disjoint_and_cover_each_epoch(tiny_data: Path) -> None:
     datamodule = tiny_datamodule(tiny_data)
-    train = set(rows(datamodule.tensors["train"][0].flatten(1)))
+    train = set(rows(datamodule.tensors["train"][0]))
     assert len(train) == TRAIN_SIZE  # the rows identify the samples
     for epoch in (0, 1):
         shards = []
@@ -42,7 +44,7 @@ def test_datamodule_rank_shards_are_disjoint_and_cover_each_epoch(tiny_data: Pat
             loader = datamodule.train_dataloader()
             chunks = list(loader)
             assert len(chunks) == len(loader)
-            shards.append(rows(torch.cat([(x * 255).round().byte() for c in chunks for x, _ in c])))
+            shards.append(rows(torch.cat([x for chunk in chunks for x, _ in chunk])))
         assert len(shards[0]) == len(shards[1]) == TRAIN_SIZE // 2
         assert not set(shards[0]) & set(shards[1])
         assert set(shards[0]) | set(shards[1]) == train
@@ -74,12 +76,10 @@ def test_ddp_run_on_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     ranks = [torch.load(probe / f"rank{r}.pt") for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["global_step"] for r in ranks] == [steps, steps]
-    seen = [rows(r["pixels"]) for r in ranks]
+    seen = [rows(r["images"]) for r in ranks]
     assert len(seen[0]) == len(seen[1]) == TRAIN_SIZE // 2
     assert not set(seen[0]) & set(seen[1])
-    assert set(seen[0]) | set(seen[1]) == set(
-        rows(tiny_datamodule(tiny_data).tensors["train"][0].flatten(1))
-    )
+    assert set(seen[0]) | set(seen[1]) == set(rows(tiny_datamodule(tiny_data).tensors["train"][0]))
     # Different data on each rank, yet identical weights: every step's gradients were averaged.
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name
