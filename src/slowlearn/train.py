@@ -341,7 +341,7 @@ def main(cfg: DictConfig) -> float | None:
         record |= {"status": "failed", "error": f"{type(error).__name__}: {error}"}
     record["wall_seconds"] = time.perf_counter() - started
     record["data_source"] = getattr(datamodule, "source", "")
-    record["device"] = str(module.device)
+    record["device"] = str(trainer.strategy.root_device)  # the module is back on the CPU now
     record["metrics"] = summarise(module)
     write_metrics(output_dir, record)
     if record["status"] == "completed":
