@@ -360,5 +360,27 @@ def main(cfg: DictConfig) -> float | None:
     return test_acc
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # hydra.main's config_path above
+
+
+def unknown_group_option(overrides: list[str]) -> str | None:
+    """The first command-line choice of a config group option that does not exist, as one
+    line naming it and the choices; Hydra's own message spans a screen."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        group = CONF_DIR / key
+        if key.startswith("hydra") or not group.is_dir():
+            continue  # a key, or Hydra's own groups (launchers come from plugins)
+        if not value.replace(",", "").isidentifier():
+            continue  # not a plain choice: a sweep function, an interpolation...
+        choices = sorted(path.stem for path in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in choices and choice != "null":
+                return f"{key}={choice} is not allowed: one of {', '.join(choices)}"
+    return None
+
+
 if __name__ == "__main__":
+    if problem := unknown_group_option(sys.argv[1:]):
+        sys.exit(f"error: {problem}")
     main()
