@@ -132,7 +132,7 @@ def read_idx(path: Path, fix: str) -> np.ndarray:
 def load_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images [N, 28, 28] uint8, labels [N] uint8) of 'train' or 'test', fully checked."""
     spec = dataset_spec(name)
-    fix = f"Run `make data` (or delete {raw_dir(root, name)}) to prepare it again."
+    fix = f"Run `make data DATA_DIR={root} DATASET={name}` to replace it with a checked copy."
     images = read_idx(idx_path(root, name, split, "images"), fix)
     labels_path = idx_path(root, name, split, "labels")
     labels = read_idx(labels_path, fix)
