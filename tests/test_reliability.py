@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from slowlearn.data import DataError, idx_bytes, idx_path, load_split
 from tests.conftest import REPO, TINY_ARGS, read_metrics, run_train, write_idx_dataset
@@ -21,6 +22,10 @@ def corrupt(root: Path, how: str) -> Path:
         path.write_bytes(data[: len(data) // 2])
     elif how == "magic":
         path.write_bytes(b"\x00\x00\x09\x99" + data[4:])
+    elif how == "swapped":  # a labels file where the images belong
+        path.write_bytes(idx_path(root, "mnist", "train", "labels").read_bytes())
+    elif how == "shape":  # a consistent IDX file of 32 x 32 images
+        path.write_bytes(idx_bytes(np.zeros((600, 32, 32), dtype=np.uint8)))
     else:  # official size with wrong label counts
         labels = idx_path(root, "mnist", "test", "labels")
         labels.write_bytes(idx_bytes(np.zeros(10000, dtype=np.uint8)))
@@ -32,7 +37,13 @@ def corrupt(root: Path, how: str) -> Path:
 
 @pytest.mark.parametrize(
     ("how", "message"),
-    [("truncated", "bytes, expected"), ("magic", "wrong IDX magic"), ("counts", "label counts")],
+    [
+        ("truncated", "bytes, expected"),
+        ("magic", "wrong IDX magic"),
+        ("swapped", "0x00000801 for images"),
+        ("shape", r"expected \(28, 28\)"),
+        ("counts", "label counts"),
+    ],
 )
 def test_corrupt_data_names_the_file_and_the_fix(tmp_path: Path, how: str, message: str) -> None:
     root = write_idx_dataset(tmp_path / "data")
@@ -97,17 +108,24 @@ def test_two_preparations_at_once_prepare_once(tmp_path: Path) -> None:
 def test_checkpoint_round_trip_gives_the_same_test_accuracy(
     tiny_data: Path, tmp_path: Path
 ) -> None:
-    run_train([f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS])
+    run_train(
+        [f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS, "trainer.max_epochs=3"]
+    )
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    trained = read_metrics(tmp_path)["metrics"]
+    # last.ckpt holds the final weights, also when the last epoch was not the best one.
+    final_step = trained["val_history"][-1]["step"]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == final_step
     result = subprocess.run(
-        [sys.executable, "-m", "slowlearn.evaluate", str(tmp_path / "checkpoints" / "last.ckpt")],
+        [sys.executable, "-m", "slowlearn.evaluate", str(last)],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
     )
     evaluated = dict(line.split() for line in result.stdout.strip().splitlines())
-    trained = read_metrics(tmp_path)["metrics"]["test_acc"]
-    assert float(evaluated["test/acc"]) == pytest.approx(trained, abs=1e-4)
+    assert float(evaluated["test/acc"]) == pytest.approx(trained["test_acc"], abs=1e-4)
+    assert float(evaluated["test/loss"]) == pytest.approx(trained["test_loss"], rel=1e-4)
 
 
 def test_make_clean_keeps_data_and_logs_and_deleting_them_asks(tmp_path: Path) -> None:

@@ -29,6 +29,15 @@ BAD_VALUES = [
     ("loss.name=hinge", "loss.name='hinge'", "mse, bce, nll"),
     ("optimizer._target_=torch.optim.Nope", "optimizer._target_='torch.optim.Nope'", "class"),
     ("data.val_size=60000", "data.val_size=60000", "1 to 59999"),
+    ("loss.log_base=1", "loss.log_base=1", "positive number other than 1"),
+    ("loss.log_base=bits", "loss.log_base='bits'", "positive number other than 1"),
+    ("data.split=middle", "data.split='middle'", "random, tail"),
+    ("data.steps_per_chunk=0", "data.steps_per_chunk=0", "positive integer"),
+    ("data.eval_batch_size=-1", "data.eval_batch_size=-1", "positive integer"),
+    ("module.log_every_n_steps=0", "module.log_every_n_steps=0", "positive integer"),
+    ("module.diagnostics_every_n_steps=-1", "diagnostics_every_n_steps=-1", "0 (off)"),
+    ("threads=-1", "threads=-1", "positive integer"),
+    ("optimizer.momentum=-1", "optimizer.momentum=-1", "0 or more"),
 ]
 
 
@@ -105,9 +114,9 @@ def test_divergence_stops_the_run_and_is_recorded(tiny_data: Path, tmp_path: Pat
     assert last_line.startswith("run diverged: training loss is nan at step")
 
 
-def test_a_diverged_job_does_not_stop_the_sweep(tiny_data: Path, tmp_path: Path) -> None:
+def test_failed_and_diverged_jobs_do_not_stop_the_sweep(tiny_data: Path, tmp_path: Path) -> None:
     result = run_train(
-        ["-m", "optimizer.lr=0.1,1e30", "model.hidden_activation=relu", f"data.dir={tiny_data}"]
+        ["-m", "optimizer.lr=0.1,1e30,-1", "model.hidden_activation=relu", f"data.dir={tiny_data}"]
         + [f"hydra.sweep.dir={tmp_path}", *TINY_ARGS],
         check=False,
     )
@@ -115,7 +124,16 @@ def test_a_diverged_job_does_not_stop_the_sweep(tiny_data: Path, tmp_path: Path)
     statuses = {
         p.parent.name: read_metrics(p.parent)["status"] for p in tmp_path.glob("*/metrics.json")
     }
-    assert sorted(statuses.values()) == ["completed", "diverged"], statuses
+    assert sorted(statuses.values()) == ["completed", "diverged", "failed"], statuses
+    (failed,) = [name for name, status in statuses.items() if status == "failed"]
+    error = read_metrics(tmp_path / failed)["error"]
+    assert error == "ConfigError: optimizer.lr=-1 is not allowed: a positive number"
+    report = subprocess.run(
+        [sys.executable, "-m", "slowlearn.report", str(tmp_path)], cwd=REPO, check=True
+    )
+    assert report.returncode == 0
+    listed = (tmp_path / "report.md").read_text()
+    assert "optimizer.lr=-1" in listed and "diverged" in listed
 
 
 def test_a_run_folder_is_never_reused(tiny_data: Path, tmp_path: Path) -> None:
@@ -200,3 +218,13 @@ def test_resume_refuses_other_overrides(tiny_data: Path, tmp_path: Path) -> None
     assert result.returncode != 0
     (line,) = result.stderr.strip().splitlines()
     assert "optimizer.lr=0.5" in line and "trainer.max_epochs" in line
+
+    before = (tmp_path / "metrics.json").read_bytes()
+    finished = run_train([f"resume={tmp_path}"], check=False)  # all its 2 epochs are done
+    assert "trained all its 2 epochs" in finished.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "metrics.json").read_bytes() == before  # its results are kept
+
+    run_train([f"resume={tmp_path}", "++trainer.max_epochs=3"])  # train one epoch longer
+    record = read_metrics(tmp_path)
+    assert record["status"] == "completed"
+    assert [h["epoch"] for h in record["metrics"]["val_history"]] == [1, 2, 3]

@@ -107,35 +107,42 @@ def write_atomically(path: Path, payload: bytes) -> None:
     os.replace(f.name, path)
 
 
-def parse_idx(data: bytes, name: str, fix: str) -> np.ndarray:
-    """Decode one uncompressed IDX payload, checking its magic number and its size."""
+def parse_idx(data: bytes, name: str, fix: str, kind: str) -> np.ndarray:
+    """Decode one uncompressed IDX payload of ``kind`` ('images': N x 28 x 28 uint8, or
+    'labels': N uint8), checking its magic number, its shape and its size."""
     if len(data) < 8:
         raise DataError(f"{name}: truncated ({len(data)} bytes). {fix}")
     (magic,) = struct.unpack(">I", data[:4])
-    if magic not in (IMAGE_MAGIC, LABEL_MAGIC):
-        raise DataError(f"{name}: wrong IDX magic number 0x{magic:08x}. {fix}")
+    expected_magic = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
+    if magic != expected_magic:
+        raise DataError(
+            f"{name}: wrong IDX magic number 0x{magic:08x} for {kind} "
+            f"(expected 0x{expected_magic:08x}). {fix}"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
+    if kind == "images" and shape[1:] != (28, 28):
+        raise DataError(f"{name}: images of {shape[1:]} pixels, expected (28, 28). {fix}")
     expected = header + int(np.prod(shape))
     if len(data) != expected:
         raise DataError(f"{name}: {len(data)} bytes, expected {expected} for {shape}. {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_idx(path: Path, fix: str) -> np.ndarray:
+def read_idx(path: Path, fix: str, kind: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: missing. {fix}")
-    return parse_idx(path.read_bytes(), str(path), fix)
+    return parse_idx(path.read_bytes(), str(path), fix, kind)
 
 
 def load_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images [N, 28, 28] uint8, labels [N] uint8) of 'train' or 'test', fully checked."""
     spec = dataset_spec(name)
     fix = f"Run `make data DATA_DIR={root} DATASET={name}` to replace it with a checked copy."
-    images = read_idx(idx_path(root, name, split, "images"), fix)
+    images = read_idx(idx_path(root, name, split, "images"), fix, "images")
     labels_path = idx_path(root, name, split, "labels")
-    labels = read_idx(labels_path, fix)
+    labels = read_idx(labels_path, fix, "labels")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{labels_path}: {labels.shape} labels for images {images.shape}. {fix}")
     counts = np.bincount(labels, minlength=10)
@@ -200,7 +207,7 @@ def fashion_mnist_from_debian() -> dict[tuple[str, str], np.ndarray]:
             stem = pattern.format(kind, 3 if kind == "images" else 1)
             (gz,) = [Path(p) for p in listing if Path(p).name == stem + ".gz"]
             fix = "Reinstall it: apt-get install --reinstall dataset-fashion-mnist"
-            arrays[split, kind] = parse_idx(gzip.decompress(gz.read_bytes()), str(gz), fix)
+            arrays[split, kind] = parse_idx(gzip.decompress(gz.read_bytes()), str(gz), fix, kind)
     return arrays
 
 

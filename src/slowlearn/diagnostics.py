@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from slowlearn.losses import probabilities
 
-# A sample is "saturated and wrong" when its true-class output o_y is below this. The output's
+# A sample is "saturated and wrong" when it is misclassified and its true-class output o_y is
+# below this (independent sigmoids can be right with a low o_y). The output's
 # slope do_y/dz_y = o_y (1 - o_y) is then below 0.09 (its maximum is 0.25 at o_y = 0.5), for
 # sigmoid and softmax outputs alike, so a loss whose gradient keeps that factor barely moves it.
 SATURATED_BELOW = 0.1
@@ -48,7 +49,7 @@ def error_signal_sums(
         (true_class * right).sum(),
         (true_class * (1 - right)).sum(),
         signal.mean(dim=1).sum(),
-        (o_y < SATURATED_BELOW).to(signal.dtype).sum(),
+        ((o_y < SATURATED_BELOW) & (right == 0)).to(signal.dtype).sum(),
     )
     return torch.stack(sums), true_class
 

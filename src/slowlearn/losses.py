@@ -19,14 +19,14 @@ ACTIVATIONS = ("sigmoid", "softmax")
 LOSSES = ("mse", "bce", "nll")
 
 
-def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
+def check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
 
 
 def probabilities(activation: str, logits: Tensor) -> Tensor:
     """o = sigma(z), one independent unit per output, or o = softmax(z) (eq. 5.7)."""
-    _check_choice("activation", activation, ACTIVATIONS)
+    check_choice("activation", activation, ACTIVATIONS)
     if activation == "sigmoid":
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=1)
@@ -110,8 +110,8 @@ def objective(
 
     ``base`` sets the logarithm of the cross-entropy objectives (2 gives bits); MSE has no log.
     """
-    _check_choice("activation", activation, ACTIVATIONS)
-    _check_choice("loss", loss, LOSSES)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_choice("loss", loss, LOSSES)
     logits, y = as_matrix(logits, target)
     per_sample = PER_SAMPLE[loss](activation, logits, y)
     if loss != "mse" and base != math.e:

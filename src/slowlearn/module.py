@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from slowlearn import diagnostics
-from slowlearn.losses import ACTIVATIONS, LOSSES, objective, probabilities
+from slowlearn.losses import ACTIVATIONS, LOSSES, check_choice, objective, probabilities
 
 Batch = Iterable[tuple[Tensor, Tensor]]  # one Lightning batch: a chunk of (x, y) mini-batches
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -73,12 +73,8 @@ class LitClassifier(pl.LightningModule):
         backward_hooks: bool = False,
     ) -> None:
         super().__init__()
-        for kind, value, valid in (
-            ("activation", activation, ACTIVATIONS),
-            ("loss", loss, LOSSES),
-        ):
-            if value not in valid:
-                raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("loss", loss, LOSSES)
         self.automatic_optimization = False
         self.model, self.optimizer_factory = model, optimizer
         self.activation, self.loss_name = activation, loss

@@ -176,7 +176,8 @@ def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, floa
 
 def read_run(folder: Path) -> Run:
     record = json.loads((folder / "metrics.json").read_text())
-    settings = {name: select(record["config"], path) for name, path in SETTINGS.items()}
+    config = record.get("config", {})
+    settings = {name: select(config, path) for name, path in SETTINGS.items()}
     settings["optimizer"] = str(settings["optimizer"]).rsplit(".", 1)[-1]
     scalars = read_scalars(folder)
     completed = record["status"] == "completed"

@@ -199,7 +199,26 @@ def check_config(cfg: DictConfig) -> None:
 
     one_of("activation.name", ACTIVATIONS)
     one_of("loss.name", LOSSES)
+    base = OmegaConf.select(cfg, "loss.log_base")
+    require(
+        base == "e" or (number("loss.log_base") is not None and base > 0 and base != 1),
+        "loss.log_base",
+        "e, or a positive number other than 1 (2 gives bits)",
+    )
     positive("optimizer.lr")
+    if OmegaConf.select(cfg, "optimizer.momentum") is not None:
+        momentum = number("optimizer.momentum")
+        require(momentum is not None and momentum >= 0, "optimizer.momentum", "0 or more")
+    if cfg.get("threads") is not None:
+        positive("threads", integer=True)
+    for key in ("module.log_every_n_steps", "module.diagnostics_window"):
+        positive(key, integer=True)
+    every = number("module.diagnostics_every_n_steps")
+    require(
+        isinstance(every, int) and every >= 0,
+        "module.diagnostics_every_n_steps",
+        "0 (off) or a positive integer",
+    )
     try:
         get_class(cfg.optimizer._target_)
     except Exception:  # noqa: BLE001 - any import failure means the same to the user
@@ -221,8 +240,11 @@ def check_config(cfg: DictConfig) -> None:
         one_of("model.init", INITS)
     if "dataset" in data:
         one_of("data.dataset", DATASETS)
-    if "batch_size" in data:
-        positive("data.batch_size", integer=True)
+    for key in ("batch_size", "steps_per_chunk", "eval_batch_size", "steps"):
+        if key in data:
+            positive(f"data.{key}", integer=True)
+    if "split" in data:
+        one_of("data.split", ("random", "tail"))
     if "val_size" in data:
         value = number("data.val_size")
         require(
@@ -248,8 +270,12 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
             f"resume={str(run_dir)!r} is not allowed: no {checkpoint} yet (the run stopped "
             "before its first epoch ended); start it again instead"
         )
-    changed = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "resume"]
-    refused = [o for o in changed if o.split("=", 1)[0] not in RESUME_MAY_CHANGE]
+
+    def key_of(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    changed = [o for o in overrides if key_of(o) != "resume"]
+    refused = [o for o in changed if key_of(o) not in RESUME_MAY_CHANGE]
     if refused:
         raise ConfigError(
             f"{', '.join(refused)} is not allowed with resume: a resumed run keeps its own "
@@ -258,10 +284,16 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
     resumed = OmegaConf.load(saved)
     resumed.resume = str(run_dir)
     for override in changed:
-        key = override.split("=", 1)[0]
-        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key))
+        OmegaConf.update(resumed, key_of(override), OmegaConf.select(cfg, key_of(override)))
+    saved_state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    epochs_done = saved_state["epoch"] + 1
+    if epochs_done >= resumed.trainer.max_epochs:  # nothing to train: keep its results as they are
+        raise ConfigError(
+            f"resume={str(run_dir)!r} is not allowed: it has trained all its "
+            f"{epochs_done} epochs; add trainer.max_epochs=N with N > {epochs_done} to go on"
+        )
     # Hide what the interrupted run logged after its checkpoint: the curves continue from it.
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    step = saved_state["global_step"]
     for logger in resumed.get("logger", {}).values():
         if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
             logger.purge_step = step + 1
@@ -298,25 +330,32 @@ def main(cfg: DictConfig) -> float | None:
                 f"run folder {output_dir} already holds a run; resume it with "
                 f"resume={output_dir}, or start a new one elsewhere"
             )
-    except ConfigError as error:
-        if sweep:
-            raise  # Hydra records this job as failed and goes on with the others
-        sys.exit(f"error: {error}")
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    job_num = hydra_cfg.job.num if sweep else None
-    gpu = round_robin_devices(
-        cfg.trainer.accelerator, cfg.trainer.devices, job_num, torch.cuda.device_count()
-    )
-    datamodule, module, loggers, trainer = instantiate_run(cfg, **({"devices": gpu} if gpu else {}))
-    processes = processes_started_by_lightning(trainer)
-    if sweep and processes > 1:
-        # Lightning's DDP launcher starts each extra process by re-running this command line,
-        # which here is the whole sweep.
-        raise ValueError(
-            "a sweep cannot start DDP processes itself: run trainer=ddp as a single run, or "
-            "sweep with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>"
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        job_num = hydra_cfg.job.num if sweep else None
+        gpu = round_robin_devices(
+            cfg.trainer.accelerator, cfg.trainer.devices, job_num, torch.cuda.device_count()
         )
+        datamodule, module, loggers, trainer = instantiate_run(
+            cfg, **({"devices": gpu} if gpu else {})
+        )
+        processes = processes_started_by_lightning(trainer)
+        if sweep and processes > 1:
+            # Lightning's DDP launcher starts each extra process by re-running this command
+            # line, which here is the whole sweep.
+            raise ConfigError(
+                "a sweep cannot start DDP processes itself: run trainer=ddp as a single run, "
+                "or sweep with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>"
+            )
+    except Exception as error:
+        if not sweep:
+            sys.exit(f"error: {error}")
+        # The report and whoever reads the sweep find this job's status in its folder too.
+        job_dir = Path(hydra_cfg.runtime.output_dir)
+        if not (job_dir / "metrics.json").exists():  # never over an earlier run's record
+            record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            # Unresolved: a broken value may not resolve; the settings are plain values.
+            write_metrics(job_dir, record | {"config": OmegaConf.to_container(cfg)})
+        raise  # Hydra records this job as failed and goes on with the others
     threads = configure_threads(cfg, processes)
 
     record: dict[str, Any] = {
