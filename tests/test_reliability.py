@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,14 @@ import pytest
 import torch
 
 from slowlearn.data import DataError, idx_bytes, idx_path, load_split
-from tests.conftest import REPO, TINY_ARGS, read_metrics, run_train, write_idx_dataset
+from tests.conftest import (
+    REPO,
+    TINY_ARGS,
+    learnable_digits,
+    read_metrics,
+    run_train,
+    write_idx_dataset,
+)
 
 
 def corrupt(root: Path, how: str) -> Path:
@@ -156,3 +164,58 @@ def test_eval_without_a_checkpoint_says_how(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+
+
+def test_an_interrupted_preparation_leaves_nothing_that_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slowlearn.data as data
+
+    def source() -> dict:
+        arrays = {}
+        for split, count in (("train", 600), ("test", 200)):
+            arrays[split, "images"], arrays[split, "labels"] = learnable_digits(count, seed=0)
+        return arrays
+
+    renames, real_replace = [], os.replace
+
+    def killed_on_second_file(src: str, dst: str) -> None:
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # the process dies between two files
+        real_replace(src, dst)
+
+    monkeypatch.setitem(data.OFFLINE_SOURCES, "mnist", source)
+    monkeypatch.setattr(data.os, "replace", killed_on_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(tmp_path, "mnist", online=False)
+    monkeypatch.setattr(data.os, "replace", real_replace)
+    assert len(list(data.raw_dir(tmp_path, "mnist").glob("*-ubyte"))) == 1
+    with pytest.raises(DataError, match="missing"):  # half a dataset never passes as valid
+        data.prepare(tmp_path, "mnist", online=False)
+    assert data.prepare(tmp_path, "mnist", online=False, replace=True).startswith("offline")
+    load_split(tmp_path, "mnist", "train")
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    args = [f"data.dir={tiny_data}", *TINY_ARGS, "trainer.max_epochs=1", "threads=1"]
+    # The default run folder pattern, under tmp_path instead of logs/runs/<name>/.
+    folder = f"hydra.run.dir={tmp_path}/${{now:%Y-%m-%d}}_${{now:%H-%M-%S-%f}}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "slowlearn.train", *args, folder],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    folders = sorted(tmp_path.iterdir())
+    assert len(folders) == 2
+    assert folders[0].name[:19] == folders[1].name[:19]  # the same second
+    assert all(read_metrics(f)["status"] == "completed" for f in folders)

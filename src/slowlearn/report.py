@@ -441,7 +441,7 @@ def epoch_ends(groups: list[Group]) -> list[int]:
 LEGEND_COLUMNS = 3  # a group's label may be long: "sigmoid+mse, optimizer=adam (n=3)"
 PANELS = [
     ("Validation accuracy", "val accuracy (%)", "linear"),
-    ("Training loss (mean over 10 updates)", "each cell's own objective (log scale)", "log"),
+    ("Training loss (means over logging windows)", "each cell's own objective (log scale)", "log"),
     (
         "Output error signal at the true class\nsolid: samples classified right, dashed: wrong",
         r"mean $|\partial e/\partial z_y|$ (log scale)",
