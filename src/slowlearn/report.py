@@ -30,20 +30,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from slowlearn.data import write_atomically
+from slowlearn.train import RUN_SETTINGS, run_settings
 
 OUTPUTS = ("summary.csv", "report.md", "curves.png")
 
-# summary.csv's settings columns: name -> path in the resolved config kept in metrics.json.
-SETTINGS = {
-    "activation": "activation.name",
-    "loss": "loss.name",
-    "init": "model.init",
-    "optimizer": "optimizer._target_",
-    "lr": "optimizer.lr",
-    "batch_size": "data.batch_size",
-    "dataset": "data.dataset",
-    "seed": "seed",
-}
 RESULTS = (
     "test_acc",
     "best_val_acc",
@@ -53,7 +43,7 @@ RESULTS = (
     "epoch1_error_signal",
     "epoch1_val_acc",
 )
-COLUMNS = ("run", "status", "group", "cell", *SETTINGS, *RESULTS)
+COLUMNS = ("run", "status", "group", "cell", *RUN_SETTINGS, *RESULTS)
 
 ERROR_SIGNAL = "diag/error_signal/true_class"
 # The cells that cure slow learning. sigmoid+nll is not among them: -log o_y on independent
@@ -130,12 +120,6 @@ def run_folders(folder: Path) -> list[Path]:
     return runs
 
 
-def select(config: Any, path: str) -> Any:
-    for key in path.split("."):
-        config = config.get(key) if isinstance(config, dict) else None
-    return config
-
-
 def read_overrides(folder: Path) -> dict[str, str]:
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
@@ -176,9 +160,7 @@ def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, floa
 
 def read_run(folder: Path) -> Run:
     record = json.loads((folder / "metrics.json").read_text())
-    config = record.get("config", {})
-    settings = {name: select(config, path) for name, path in SETTINGS.items()}
-    settings["optimizer"] = str(settings["optimizer"]).rsplit(".", 1)[-1]
+    settings = run_settings(record.get("config", {}))
     scalars = read_scalars(folder)
     completed = record["status"] == "completed"
     return Run(

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,27 +104,43 @@ def summarise(module: LitClassifier) -> dict[str, Any]:
     }
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings that tell runs apart, for TensorBoard's HPARAMS tab."""
-    keys = {
-        "activation": "activation.name",
-        "loss": "loss.name",
-        "init": "model.init",
-        "hidden_sizes": "model.hidden_sizes",
-        "hidden_activation": "model.hidden_activation",
-        "optimizer": "optimizer._target_",
-        "lr": "optimizer.lr",
-        "momentum": "optimizer.momentum",
-        "batch_size": "data.batch_size",
-        "dataset": "data.dataset",
-        "max_epochs": "trainer.max_epochs",
-        "seed": "seed",
-    }
-    values = {name: OmegaConf.select(cfg, key) for name, key in keys.items()}
+# The settings that tell runs apart: name -> key in the config. TensorBoard's HPARAMS tab and
+# the report's summary.csv both show them.
+RUN_SETTINGS = {
+    "activation": "activation.name",
+    "loss": "loss.name",
+    "init": "model.init",
+    "hidden_sizes": "model.hidden_sizes",
+    "hidden_activation": "model.hidden_activation",
+    "optimizer": "optimizer._target_",
+    "lr": "optimizer.lr",
+    "momentum": "optimizer.momentum",
+    "batch_size": "data.batch_size",
+    "dataset": "data.dataset",
+    "max_epochs": "trainer.max_epochs",
+    "seed": "seed",
+}
+
+
+def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The RUN_SETTINGS of a plain config (None where one does not apply), the optimizer by
+    its class name."""
+    values = {}
+    for name, key in RUN_SETTINGS.items():
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        values[name] = value
     values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
-    # Every run names every column, "none" where a setting does not apply (Adam's momentum,
-    # the neuron's init): TensorBoard takes the columns of a sweep from one arbitrary run.
-    return {name: "none" if value is None else value for name, value in values.items()}
+    return values
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The settings for TensorBoard's HPARAMS tab. Every run names every column, "none" where
+    a setting does not apply (Adam's momentum, the neuron's init): TensorBoard takes the
+    columns of a sweep from one arbitrary run."""
+    settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
+    return {name: "none" if value is None else value for name, value in settings.items()}
 
 
 def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
