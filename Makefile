@@ -5,10 +5,14 @@ PY          := $(VENV)/bin/python
 INSTALLED   := $(VENV)/.installed
 ARGS        ?=
 DATA_DIR    ?= data
+EXPERIMENT  ?= ablation
+LAUNCHER    ?= batched
 JOBS        ?= 1
-# JOBS>1: a sweep runs that many jobs at once in joblib processes, the cores split between them.
-LAUNCHER_ARGS := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS))
+# A sweep trains as one vectorised program per group of jobs (LAUNCHER=batched), one job after
+# the other (LAUNCHER=basic), or JOBS>1 jobs at once in joblib processes, the cores split.
+LAUNCHER_ARGS := $(if $(filter-out 1,$(JOBS)),hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS),hydra/launcher=$(LAUNCHER))
 BENCH_ARGS  ?=
+PORT        ?= 6006
 
 DATASET     ?= mnist
 CKPT        ?=
@@ -23,7 +27,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 data: $(INSTALLED)  ## prepare DATASET (mnist or fashion_mnist); re-fetches missing or corrupt files
-	$(PY) -m slowlearn.data --dir $(DATA_DIR) --dataset $(DATASET)
+	$(PY) -m slowlearn.prepare --dir $(DATA_DIR) --dataset $(DATASET)
 
 train: $(INSTALLED)  ## one run, or a sweep with ARGS="-m ..."; any Hydra override goes in ARGS
 	$(PY) -m slowlearn.train $(ARGS)
@@ -32,9 +36,12 @@ eval: $(INSTALLED)  ## test accuracy of a checkpoint: make eval CKPT=logs/runs/.
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=<run folder>/checkpoints/last.ckpt"; exit 2; }
 	$(PY) -m slowlearn.evaluate $(CKPT)
 
-.PHONY: bench
+.PHONY: bench bench-sweep
 bench: $(INSTALLED)  ## epoch times against a plain PyTorch loop and a torchvision DataLoader
 	$(PY) scripts/bench.py --out logs/bench $(BENCH_ARGS)
+
+bench-sweep: $(INSTALLED)  ## the 18-run ablation batched against the basic launcher, side by side
+	$(PY) scripts/bench.py --sweep --out logs/bench-sweep $(BENCH_ARGS)
 
 # The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
 RUN ?= $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)
@@ -46,14 +53,21 @@ report: $(INSTALLED)  ## summary.csv, report.md and curves.png of RUN (a multiru
 
 # The sweep goes into a new folder of its own, so that the report reads this sweep; the report
 # is made even if a job failed (Hydra then exits non-zero, and so does make, after the report).
-sweep: $(INSTALLED)  ## the ablation (experiment=ablation, a Hydra multirun), then its report
-	mkdir -p logs/multiruns/ablation
-	dir=$$(mktemp -d logs/multiruns/ablation/$$(date +%Y-%m-%d_%H-%M-%S)-XXXX) && { \
-	  $(PY) -m slowlearn.train -m experiment=ablation hydra.sweep.dir=$$dir $(LAUNCHER_ARGS) $(ARGS); \
-	  trained=$$?; $(PY) -m slowlearn.report $$dir && exit $$trained; }
+sweep: $(INSTALLED)  ## EXPERIMENT (default ablation) as a Hydra multirun, then its report
+	mkdir -p logs/multiruns/$(EXPERIMENT)
+	dir=$$(mktemp -d logs/multiruns/$(EXPERIMENT)/$$(date +%Y-%m-%d_%H-%M-%S)-XXXX) && { \
+	  $(PY) -m slowlearn.train -m experiment=$(EXPERIMENT) hydra.sweep.dir=$$dir $(LAUNCHER_ARGS) $(ARGS); \
+	  trained=$$?; $(PY) -m slowlearn.report $$dir && \
+	  echo "inspect: make tensorboard RUN=$$dir" && exit $$trained; }
 
-tensorboard: $(INSTALLED)
-	$(VENV)/bin/tensorboard --logdir logs
+# TensorBoard on RUN (a sweep or run folder; default all of logs/), and the links of its views:
+# one colour per cell (runColorGroup), and the seed-aggregated runs alone (runFilter).
+tensorboard: $(INSTALLED)  ## TensorBoard on RUN (default logs/); prints the URLs of its views
+	@url=http://localhost:$(PORT); cell='runColorGroup=regex:%5E(%5B%5E%2F%5D%2B)'; \
+	echo "every run, one colour per cell:   $$url/?$$cell#timeseries"; \
+	echo "seed means with min-max bands:    $$url/?$$cell&runFilter=%2Fmean%24#custom_scalars"; \
+	echo "settings and results of each run: $$url/#hparams"
+	$(VENV)/bin/tensorboard --logdir $(or $(RUN),logs) --port $(PORT)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,21 +1,27 @@
-"""How close slowlearn trains to the plain-PyTorch floor, side by side in one run.
+"""How close slowlearn trains to the plain-PyTorch floor, and what a batched sweep saves, each
+measured side by side in one run.
 
     python scripts/bench.py --device cpu --repeats 5 --out logs/bench [hydra overrides ...]
+    python scripts/bench.py --sweep --repeats 2 --out logs/bench-sweep   (make bench-sweep)
 
-For each model (the default DMLP and the ablation's) and batch size, the setups take turns,
-one epoch each, round after round (floor, slowlearn, naive, floor, ...), so that a machine
-that slows down or speeds up during the run affects them alike:
+Epoch mode: for each model (the default DMLP and the ablation's) and batch size, three setups
+take turns, one epoch each, round after round (floor, slowlearn, naive, floor, ...), so that a
+machine that slows down or speeds up during the run affects them alike:
 
 - floor: a plain PyTorch loop over the training split as float tensors on the device, a
   random permutation per epoch; the same model, objective, optimizer and seed.
-- slowlearn: the real Lightning path of ``make train`` (the same Hydra config, TensorBoard
-  logging, diagnostics, checkpointing and the validation pass), one ``trainer.fit`` of one
-  epoch per round; the epoch time is the module's own, the fit time is the whole call.
+- slowlearn: the real path of ``make train`` (its config, TensorBoard logging, diagnostics,
+  checkpoints, the validation pass), one run of one epoch per round, in this process.
 - naive: the tutorial setup, torchvision's MNIST with ToTensor through a shuffling
   DataLoader, feeding the plain loop; as many samples as the training split.
 
-It also times a whole ``python -m slowlearn.train trainer.max_epochs=1`` process, its imports
-and its first training step, and the peak memory. Results: <out>/bench.json and bench.md.
+It also times a whole ``python -m slowlearn.train trainer.max_epochs=1`` process.
+
+Sweep mode: the 18-run ablation (3 epochs) as one command with the batched launcher and with
+the basic one, taking turns, and where each one's time went (every run's metrics.json says
+it); the training steps of one 18-member group against the sum of the 18 members' own floor
+epochs, taking turns in this process; and the peak memory of the batched command against
+one single run's. Results: <out>/bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ SETUPS = ("floor", "slowlearn", "naive")
 # Issue 4's targets for slowlearn's median epoch time over the floor's, by device and batch.
 TARGETS = {("cpu", 64): 1.3, ("cpu", 512): 1.15, ("cuda", 64): 1.5}
 STARTUP_TARGET_SECONDS = 6.0  # CPU, start until the first training step
+# Issue 9's targets for the batched ablation.
+SWEEP_TARGETS = {"command": 0.33, "group_training": 0.45, "memory": 1.5}
+ABLATION = ["experiment=ablation", "+trainer.enable_progress_bar=false"]
+LAUNCHERS = ("batched", "basic")
 
 
 class FirstStepClock(pl.Callback):
@@ -58,23 +68,6 @@ class FirstStepClock(pl.Callback):
         if self.path is not None:
             self.path.write_text(repr(time.time()))
             self.path = None
-
-
-class StepsClock(pl.Callback):
-    """The training part of the epoch: from its start until validation begins (the floor has
-    no validation pass). Synchronises the device once there."""
-
-    def __init__(self, device: Any) -> None:
-        self.device = device
-        self.started = self.seconds = 0.0
-
-    def on_train_epoch_start(self, *args: Any) -> None:
-        self.started = time.perf_counter()
-
-    def on_validation_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if not trainer.sanity_checking and not self.seconds:
-            synchronize(self.device)
-            self.seconds = time.perf_counter() - self.started
 
 
 def synchronize(device: Any) -> None:
@@ -97,8 +90,11 @@ def compose_config(overrides: list[str]) -> Any:
     """The config that ``make train ARGS="<overrides>"`` runs."""
     from hydra import compose, initialize_config_dir
 
+    from slowlearn.naming import register_resolvers
+
+    register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+        return compose("train", overrides=overrides)
 
 
 class PlainLoop:
@@ -117,10 +113,11 @@ class PlainLoop:
         torch.manual_seed(cfg.seed)
         self.device, self.batches = device, batches
         self.model = instantiate(cfg.model).to(device)
-        self.optimizer = instantiate(cfg.optimizer)(self.model.parameters())
-        activation, loss = cfg.module.activation, cfg.module.loss
-        base = log_base_value(cfg.module.log_base)
-        self.objective = lambda logits, y: objective(activation, loss, logits, y, base)
+        optimizer = getattr(torch.optim, cfg.optimizer._target_.rsplit(".", 1)[-1])
+        settings = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
+        self.optimizer = optimizer(self.model.parameters(), **settings)
+        base = log_base_value(cfg.loss.log_base)
+        self.objective = objective(cfg.activation.name, cfg.loss.name, base)
 
     def epoch(self) -> int:
         steps = 0
@@ -137,8 +134,7 @@ class PlainLoop:
 def floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> PlainLoop:
     import torch
 
-    x = images.to(device).float().div_(255.0)  # converted once, as a plain loop would
-    y = labels.to(device)
+    x, y = images.to(device), labels.to(device)  # the data module's: normalised once
     generator = torch.Generator().manual_seed(cfg.seed)
     batch_size = cfg.data.batch_size
 
@@ -158,21 +154,31 @@ def naive_loop(cfg: Any, device: Any, size: int) -> PlainLoop:
     return PlainLoop(cfg, device, lambda: loader)
 
 
-def slowlearn_epoch(cfg: Any, device: Any, run_dir: Path) -> dict[str, float]:
-    """One ``make train`` fit of one epoch, in-process, written to ``run_dir``."""
-    from slowlearn.train import instantiate_run
+def fit_runs(cfgs: list[Any], run_dir: Path, threads: int, devices: Any = None) -> list[Any]:
+    """``make train`` of each config, as one group (a single run is a group of one), in this
+    process, written under ``run_dir``; the Outcomes."""
+    from omegaconf import OmegaConf
 
-    cfg.run_dir = str(run_dir)  # what ${hydra:runtime.output_dir} gives a real run
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module, _, trainer = instantiate_run(cfg)
-    clock = StepsClock(device)
-    trainer.callbacks.append(clock)
-    fit_seconds, _ = timed(device, lambda: trainer.fit(module, datamodule=datamodule))
+    from slowlearn.train import Job, train_and_test
+
+    jobs = []
+    for index, cfg in enumerate(cfgs):
+        cfg = cfg.copy()
+        cfg.run_dir = str(run_dir / f"member{index}")  # what a job's Hydra folder gives it
+        jobs.append(Job(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), run_dir))
+    pl.seed_everything(cfgs[0].seed, workers=True, verbose=False)
+    return train_and_test(jobs, cores=threads, devices=devices)
+
+
+def slowlearn_epoch(cfg: Any, device: Any, run_dir: Path, threads: int) -> dict[str, float]:
+    """One ``make train`` run of one epoch, in this process."""
+    (outcome,) = fit_runs([cfg], run_dir, threads)
+    assert outcome.status == "completed", outcome.error
     return {
-        "seconds": module.epoch_seconds[0],
-        "steps_seconds": clock.seconds,
-        "steps": trainer.global_step,
-        "fit_seconds": fit_seconds,
+        "seconds": outcome.metrics["epoch_seconds"][0],
+        "steps_seconds": outcome.record["seconds"]["training"],
+        "steps": outcome.metrics["val_history"][-1]["step"],
+        "fit_seconds": outcome.record["wall_seconds"],  # fit and test
     }
 
 
@@ -184,12 +190,20 @@ def cuda_peak_mib(device: Any) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def training_split(cfg: Any) -> tuple[Any, Any]:
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule.tensors["train"]
+
+
 def bench_config(
     model: str, batch_size: int, args: argparse.Namespace, device: Any
 ) -> dict[str, Any]:
     """All rounds of the three setups for one model and batch size."""
     import torch
-    from hydra.utils import instantiate
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     cfg = compose_config(
@@ -202,10 +216,7 @@ def bench_config(
             "+trainer.enable_progress_bar=false",
         ]
     )
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    images, labels = datamodule.tensors["train"]
+    images, labels = training_split(cfg)
     loops = {
         "floor": floor_loop(cfg, device, images, labels),
         "naive": naive_loop(cfg, device, len(labels)),
@@ -218,7 +229,7 @@ def bench_config(
                 torch.cuda.reset_peak_memory_stats(device)
             if setup == "slowlearn":
                 run_dir = args.runs / f"{model}_b{batch_size}" / f"round{index}"
-                results[setup] = slowlearn_epoch(cfg, device, run_dir)
+                results[setup] = slowlearn_epoch(cfg, device, run_dir, args.threads)
             else:
                 seconds, steps = timed(device, loops[setup].epoch)
                 results[setup] = {"seconds": seconds, "steps": steps}
@@ -263,8 +274,40 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
     return summary
 
 
-def child_env(threads: int) -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+def child_env(threads: int | None) -> dict[str, str]:
+    extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    return dict(os.environ, PYTHONWARNINGS="ignore", **extra)
+
+
+def run_process(command: list[str], threads: int | None) -> dict[str, float]:
+    """A command's wall time and its own peak resident memory (not its predecessors')."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=REPO, env=child_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}  # Linux: KiB
+
+
+def import_seconds(threads: int | None) -> float:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time; t = time.perf_counter(); import slowlearn.train; "
+            "print(time.perf_counter() - t)",
+        ],
+        cwd=REPO,
+        env=child_env(threads),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(result.stdout.strip())
 
 
 def time_process(args: argparse.Namespace, accelerator: str) -> dict[str, float]:
@@ -285,30 +328,155 @@ def time_process(args: argparse.Namespace, accelerator: str) -> dict[str, float]
         f"+callbacks.first_step.path={clock}",
     ]
     started = time.time()
-    subprocess.run(command, cwd=REPO, env=child_env(args.threads), check=True, capture_output=True)
-    total = time.time() - started
-    first_step = float(clock.read_text()) - started
-    imports = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import time; t = time.perf_counter(); import slowlearn.train; "
-            "print(time.perf_counter() - t)",
-        ],
-        cwd=REPO,
-        env=child_env(args.threads),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    # Linux reports ru_maxrss in KiB: the largest of the children waited for so far.
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    process = run_process(command, args.threads)
     return {
-        "process_seconds": total,
-        "first_step_seconds": first_step,
-        "import_seconds": float(imports.stdout.strip()),
-        "peak_rss_mib": peak,
+        "process_seconds": process["seconds"],
+        "first_step_seconds": float(clock.read_text()) - started,
+        "import_seconds": import_seconds(args.threads),
+        "peak_rss_mib": process["peak_rss_mib"],
     }
+
+
+# ------------------------------------------------------------------ sweep mode
+
+
+def sweep_command(launcher: str, sweep_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole ablation command with one launcher, and where its time went."""
+    from slowlearn.records import read_metrics
+
+    command = [sys.executable, "-m", "slowlearn.train", "-m", *ABLATION, *args.overrides]
+    command += [f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"]
+    process = run_process(command, threads=None)  # the entry point's own split of the cores
+    records = [read_metrics(path.parent) for path in sweep_dir.rglob("metrics.json")]
+    assert len(records) == 18 and {r["status"] for r in records} == {"completed"}
+    phases: dict[str, float] = {}
+    for record in records:  # a member shares its group's time: count each group once
+        for phase, seconds in record["seconds"].items():
+            phases[phase] = phases.get(phase, 0.0) + seconds / record["group_size"]
+    return {
+        **process,
+        "phases": phases,
+        "test_acc": {r["run_name"]: r["metrics"]["test_acc"] for r in records},
+    }
+
+
+def ablation_configs(args: argparse.Namespace, epochs: int = 1) -> list[Any]:
+    cells = ["sigmoid_mse", "sigmoid_bce", "sigmoid_nll", "softmax_mse", "softmax_bce"]
+    cells.append("softmax_nll")
+    return [
+        compose_config(
+            [*ABLATION, *args.overrides, f"cell={cell}", f"seed={seed}"]
+            + [f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu"]
+        )
+        for cell in cells
+        for seed in range(3)
+    ]
+
+
+def group_against_floor(args: argparse.Namespace, device: Any) -> list[dict[str, float]]:
+    """Rounds of: one epoch of the 18-member group (its training steps), then one floor epoch
+    of each member (its own cell and seed)."""
+    import torch
+
+    cfgs = ablation_configs(args)
+    images, labels = training_split(cfgs[0])
+    rounds = []
+    for index in range(args.warmup + args.repeats):
+        outcomes = fit_runs(cfgs, args.runs / "group" / f"round{index}", args.threads)
+        group = outcomes[0].record["seconds"]["training"]
+        torch.set_num_threads(args.threads)
+        floors = [timed(device, floor_loop(cfg, device, images, labels).epoch)[0] for cfg in cfgs]
+        if index >= args.warmup:
+            rounds.append({"group": group, "floor_sum": sum(floors)})
+        print(f"group epoch {group:.2f}s, 18 floor epochs {sum(floors):.2f}s", flush=True)
+    return rounds
+
+
+def bench_sweep(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    commands: dict[str, list[dict[str, Any]]] = {launcher: [] for launcher in LAUNCHERS}
+    single = []
+    for index in range(args.repeats):
+        for launcher in LAUNCHERS:
+            result = sweep_command(launcher, args.runs / f"{launcher}{index}", args)
+            commands[launcher].append(result)
+            print(f"{launcher} round {index + 1}: {result['seconds']:.1f}s", flush=True)
+        command = [sys.executable, "-m", "slowlearn.train", *ABLATION, *args.overrides]
+        single.append(
+            run_process([*command, f"hydra.run.dir={args.runs / f'single{index}'}"], None)
+        )
+    start = import_seconds(None)
+    return {
+        "commands": commands,
+        "single_run": single,
+        "import_seconds": start,
+        "group_rounds": group_against_floor(args, device),
+    }
+
+
+def sweep_markdown(report: dict[str, Any]) -> str:
+    env, sweep = report["environment"], report["sweep"]
+    commands = sweep["commands"]
+    ratios = [
+        batched["seconds"] / basic["seconds"]
+        for batched, basic in zip(commands["batched"], commands["basic"], strict=True)
+    ]
+    group = [r["group"] / r["floor_sum"] for r in sweep["group_rounds"]]
+    batched_peak = max(r["peak_rss_mib"] for r in commands["batched"])
+    single_peak = max(r["peak_rss_mib"] for r in sweep["single_run"])
+    accuracies = [
+        abs(b["test_acc"][name] - a["test_acc"][name])
+        for b, a in zip(commands["batched"], commands["basic"], strict=True)
+        for name in b["test_acc"]
+    ]
+
+    def verdict(value: float, target: float) -> str:
+        return f"≤ {target:.2f}: {'met' if value <= target else 'MISSED'}"
+
+    lines = [
+        f"Sweep benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
+        f"{env['device']}, {env['cores']} cores, torch {env['torch']}, Lightning "
+        f"{env['pytorch_lightning']}; {report['repeats']} rounds, the two launchers taking "
+        "turns, ratios taken round by round.",
+        "",
+        "| measure | batched | basic | ratio, median (min–max) | target |",
+        "|---|---:|---:|---:|---|",
+        f"| the 18-run ablation command (3 epochs), s | "
+        f"{fmt(spread([r['seconds'] for r in commands['batched']]), 1)} | "
+        f"{fmt(spread([r['seconds'] for r in commands['basic']]), 1)} | {fmt(spread(ratios), 3)} "
+        f"| {verdict(statistics.median(ratios), SWEEP_TARGETS['command'])} |",
+        f"| training steps of one 18-member group vs the sum of their 18 floor epochs "
+        f"(1 epoch), s | {fmt(spread([r['group'] for r in sweep['group_rounds']]), 2)} | "
+        f"{fmt(spread([r['floor_sum'] for r in sweep['group_rounds']]), 2)} (floor) | "
+        f"{fmt(spread(group), 3)} "
+        f"| {verdict(statistics.median(group), SWEEP_TARGETS['group_training'])} |",
+        f"| peak resident memory, MiB: batched command vs one single run | {batched_peak:.0f} | "
+        f"{single_peak:.0f} (single run) | {batched_peak / single_peak:.2f} | "
+        f"{verdict(batched_peak / single_peak, SWEEP_TARGETS['memory'])} |",
+        "",
+        f"Test accuracies, batched against basic, run by run: largest difference "
+        f"{100 * max(accuracies):.2f} points over {len(accuracies)} runs.",
+        "",
+        "Where each command's time went (median over rounds, seconds; a group's phases once):",
+        "",
+        "| launcher | start (imports) | data | training | evaluation | checkpoints | composing, "
+        "records, Lightning and the rest | total |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    start = sweep["import_seconds"]
+    for launcher in LAUNCHERS:
+        runs = commands[launcher]
+        phase = {
+            name: statistics.median(r["phases"].get(name, 0.0) for r in runs)
+            for name in ("data", "training", "evaluation", "checkpoints")
+        }
+        total = statistics.median(r["seconds"] for r in runs)
+        rest = total - start - sum(phase.values())
+        cells = " | ".join(f"{phase[name]:.1f}" for name in phase)
+        lines.append(f"| {launcher} | {start:.1f} | {cells} | {rest:.1f} | {total:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ reports
 
 
 def environment(device: Any, threads: int) -> dict[str, Any]:
@@ -382,7 +550,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Benchmark process peak resident memory: {report['peak_rss_mib']:.0f} MiB.",
         "slowlearn's epoch is the module's own epoch time: its training steps, logging and "
         "validation pass; steps only stops where validation begins; fit s is "
-        "the whole `trainer.fit` of one epoch (setup, data loading, logging).",
+        "the whole `trainer.fit` and test of one epoch (setup, data loading, logging).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -392,7 +560,8 @@ def parse_args() -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per config")
+    parser.add_argument("--sweep", action="store_true", help="batched against basic sweeps")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (5; sweep: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
@@ -401,6 +570,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "logs" / "bench")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for make train")
     args = parser.parse_args()
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.sweep else 5)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
     return args
@@ -431,17 +601,21 @@ def main() -> None:
         "warmup": args.warmup,
         "overrides": args.overrides,
     }
-    if not args.no_process:  # first, while this process is small and the machine quiet
-        report["process"] = time_process(args, "gpu" if device.type == "cuda" else "cpu")
-        print("process: " + ", ".join(f"{k} {v:.2f}" for k, v in report["process"].items()))
-    report["results"] = [
-        bench_config(model, batch_size, args, device)
-        for model in args.models
-        for batch_size in args.batch_sizes
-    ]
-    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.sweep:
+        report["sweep"] = bench_sweep(args, device)
+        table = sweep_markdown(report)
+    else:
+        if not args.no_process:  # first, while this process is small and the machine quiet
+            report["process"] = time_process(args, "gpu" if device.type == "cuda" else "cpu")
+            print("process: " + ", ".join(f"{k} {v:.2f}" for k, v in report["process"].items()))
+        report["results"] = [
+            bench_config(model, batch_size, args, device)
+            for model in args.models
+            for batch_size in args.batch_sizes
+        ]
+        report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        table = markdown(report)
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
     (args.out / "bench.md").write_text(table)
     print(table)
 

@@ -73,7 +73,7 @@ run_step() {  # run_step NAME COMMAND...: output to $OUT/NAME.log and the screen
   steps+=("| $name | $result | $((SECONDS - started)) |")
 }
 
-run_step gpu_tests "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider tests/test_gpu.py
+run_step gpu_tests "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider -o addopts="" tests/test_gpu.py
 run_step train "$PYTHON" -m slowlearn.train "${data_args[@]}" "${train_args[@]}" \
   "trainer.max_epochs=$epochs" "trainer.accelerator=$accelerator" "hydra.run.dir=$OUT/train" \
   "+trainer.enable_progress_bar=false"

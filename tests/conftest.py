@@ -1,19 +1,36 @@
-"""Shared fixtures: small data in the real IDX format, and runs of the real entry point."""
+"""Shared fixtures and helpers: small data in the real IDX format, runs of the real entry point
+(as a user starts them, in a subprocess), Hydra composition in-process, and one event reader.
+
+The sweeps that several test modules read are built once per pytest run (session fixtures):
+every Python process started here pays about 3 s of imports.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from filelock import FileLock
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-from slowlearn.data import idx_bytes, idx_path, prepare, write_atomically
+from slowlearn.naming import register_resolvers
+from slowlearn.prepare import idx_bytes, idx_path, prepare
+from slowlearn.records import read_metrics, write_atomically
+from slowlearn.report.runs import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
+register_resolvers()
+torch.set_num_threads(1)  # two pytest workers on two cores: one thread each
+
+__all__ = ["read_metrics", "read_scalars"]  # shared with the test modules
 
 
 def learnable_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +54,9 @@ def write_idx_dataset(root: Path, name: str = "mnist", train: int = 600, test: i
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """A data folder with a small learnable MNIST in torchvision's layout."""
-    return write_idx_dataset(tmp_path_factory.mktemp("data"))
+    return built_once(shared_folder(tmp_path_factory, worker_id, "data"), write_idx_dataset)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +73,12 @@ TINY_ARGS = [
     "model.hidden_sizes=[32]",
     "trainer.max_epochs=2",
     "trainer.accelerator=cpu",
+    "+trainer.enable_progress_bar=false",
 ]
+
+
+def env(threads: int = 1) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
 
 
 def run_train(
@@ -64,11 +86,10 @@ def run_train(
 ) -> subprocess.CompletedProcess:
     """Run ``python -m slowlearn.train`` as a user would, with one torch thread (None: the
     entry point's own split of the cores)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
         [sys.executable, "-m", "slowlearn.train", *args, f"threads={threads or 'null'}"],
         cwd=REPO,
-        env=env,
+        env=env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -78,9 +99,97 @@ def run_train(
     return result
 
 
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
+    return sorted(p.parent for p in sweep_dir.rglob("metrics.json"))
+
+
+def runs_by_name(sweep_dir: Path) -> dict[str, Path]:
+    """A sweep's run folders by the runs' own names (sigmoid+mse/seed0, ...)."""
+    return {read_metrics(p)["run_name"]: p for p in job_dirs(sweep_dir)}
+
+
+def cell_of(run_dir: Path) -> str:
+    config = read_metrics(run_dir)["config"]
+    return f"{config['activation']['name']}+{config['loss']['name']}"
+
+
+def compose_config(*overrides: str, hydra_node: bool = True) -> DictConfig:
+    """The config ``python -m slowlearn.train <overrides>`` composes, in this process."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+@pytest.fixture
+def hydra_config() -> Iterator:
+    """Sets HydraConfig as a running job sees it; restores the previous one afterwards."""
+    previous = HydraConfig.instance().cfg
+
+    def set_config(*overrides: str) -> DictConfig:
+        cfg = compose_config(*overrides)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield set_config
+    HydraConfig.instance().cfg = previous
+
+
+# ------------------------------------------------------------------ sweeps shared by modules
+
+DIVERGED = "diverged"  # the folder of the tiny sweep's run that diverges
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str) -> Path:
+    """A folder that every pytest worker of this run shares; None-like (absent) until built."""
+    if worker_id == "master":  # no workers: this process alone
+        return tmp_path_factory.getbasetemp() / name
+    return tmp_path_factory.getbasetemp().parent / name
+
+
+def built_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` by the first worker that asks; the others wait for it and reuse it."""
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Two cells x two seeds on the batched launcher, and beside them a single run that
+    really diverges (at lr 1e30 sigmoid + bce's loss is NaN at the second step)."""
+    return built_once(
+        shared_folder(tmp_path_factory, worker_id, "tiny_sweep"),
+        lambda sweep_dir: build_tiny_sweep(tiny_data, sweep_dir),
+    )
+
+
+def build_tiny_sweep(tiny_data: Path, sweep_dir: Path) -> None:
+    data = f"data.dir={tiny_data}"
+    sweep = ["-m", "cell=sigmoid_mse,softmax_nll", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    result = run_train([*sweep, "hydra/launcher=batched", data, *TINY_ARGS])
+    (sweep_dir / "stdout.txt").write_text(result.stdout + result.stderr)
+    diverging = ["cell=sigmoid_bce", "optimizer.lr=1e30", f"hydra.run.dir={sweep_dir / DIVERGED}"]
+    result = run_train([*diverging, data, *TINY_ARGS], check=False)
+    assert read_metrics(sweep_dir / DIVERGED)["status"] == "diverged", result.stderr[-2000:]
+    (sweep_dir / f"{DIVERGED}.stderr.txt").write_text(result.stderr)
+
+
+@pytest.fixture(scope="session")
+def single_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """One completed single run of the default cell, 3 epochs, with its progress bar (read-only:
+    copy it to change it); what it printed is in ../output.txt."""
+    folder = built_once(
+        shared_folder(tmp_path_factory, worker_id, "single"),
+        lambda folder: build_single_run(tiny_data, folder / "run"),
+    )
+    return folder / "run"
+
+
+def build_single_run(tiny_data: Path, run_dir: Path) -> None:
+    args = [a for a in TINY_ARGS if "progress_bar" not in a]
+    result = run_train(
+        [f"data.dir={tiny_data}", f"hydra.run.dir={run_dir}", *args, "trainer.max_epochs=3"]
+    )
+    (run_dir.parent / "output.txt").write_text(result.stdout + result.stderr)

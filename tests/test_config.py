@@ -3,51 +3,37 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 
-from slowlearn.module import LitClassifier
-from tests.conftest import REPO
+from slowlearn.checks import check_config
+from slowlearn.module import LitClassifier, build_module
+from tests.conftest import compose_config
 
-CELLS = list(itertools.product(["sigmoid", "softmax"], ["mse", "bce", "nll"]))
-
-
-@pytest.fixture(scope="module")
-def composer() -> Iterator:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-
-        def composed(*overrides: str) -> DictConfig:
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-        yield composed
+CELLS = [*itertools.product(["sigmoid", "softmax"], ["mse", "bce", "nll"]), ("identity", "mse")]
 
 
-def test_default_is_a_two_hidden_layer_dmlp_with_softmax_and_nll(composer) -> None:
-    cfg = composer()
+def test_default_is_a_two_hidden_layer_dmlp_with_softmax_and_nll() -> None:
+    cfg = compose_config()
     assert (cfg.activation.name, cfg.loss.name) == ("softmax", "nll")
     assert len(cfg.model.hidden_sizes) == 2
     assert cfg.trainer.accelerator == "auto"
 
 
 @pytest.mark.parametrize(("activation", "loss"), CELLS)
-def test_every_cell_composes_and_builds(composer, activation: str, loss: str) -> None:
-    cfg = composer(f"activation={activation}", f"loss={loss}", "model.init=large")
-    model = instantiate(cfg.model)
-    module = instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optimizer))
+def test_every_cell_composes_and_builds(activation: str, loss: str) -> None:
+    cfg = compose_config(f"activation={activation}", f"loss={loss}", "model.init=xavier")
+    check_config(cfg)
+    module = build_module([cfg])
     assert isinstance(module, LitClassifier)
-    assert (module.activation, module.loss_name) == (activation, loss)
-    assert cfg.run_name == f"{activation}+{loss}_large_seed0"
+    assert [(m.activation, m.loss) for m in module.members] == [(activation, loss)]
+    assert cfg.run_name == f"{activation}+{loss}"  # a single run is named by its cell
 
 
-def test_documented_keys_exist(composer) -> None:
-    from omegaconf import OmegaConf
-
-    cfg = composer()
+def test_documented_keys_exist() -> None:
+    cfg = compose_config()
     for key in (
         "optimizer.lr",
         "data.batch_size",
@@ -58,10 +44,12 @@ def test_documented_keys_exist(composer) -> None:
         "model.init",
         "trainer.max_epochs",
         "seed",
+        "module.diagnostics_every_n_steps",
     ):
         assert OmegaConf.select(cfg, key, default="missing") != "missing", key
 
 
+CELL_GRID = "sigmoid_mse,sigmoid_bce,sigmoid_nll,softmax_mse,softmax_bce,softmax_nll"
 PRESET_SETTINGS = {
     "ablation": {"model.hidden_sizes": [100], "model.init": "default", "optimizer.lr": 0.1},
     "saturated": {"model.hidden_sizes": [100], "model.init": "large", "optimizer.lr": 0.1},
@@ -75,6 +63,8 @@ PRESET_SETTINGS = {
         "data.split": "tail",
     },
     "neuron": {"optimizer.lr": 0.15, "data.steps": 300, "model.start": [2.0, 2.0]},
+    "lr_fair": {"trainer.max_epochs": 1, "model.hidden_activation": "sigmoid"},
+    "depth": {"trainer.max_epochs": 3, "optimizer.lr": 0.1, "model.hidden_activation": "sigmoid"},
 }
 PRESET_SWEEPS = {
     "ablation": {"cell": 6, "seed": 3},
@@ -82,25 +72,38 @@ PRESET_SWEEPS = {
     "optimizers": {"cell": 3, "optimizer": 2, "seed": 3},
     "nielsen": {"loss": 2},
     "neuron": {"loss": 2, "model.start": 2},
+    "lr_fair": {"cell": 7, "model.init": 2, "optimizer.lr": 8, "seed": 3},
+    "depth": {"cell": 4, "model.hidden_sizes": 4, "model.init": 2, "seed": 3},
 }
 
 
+def sweep_values(cfg: OmegaConf, key: str) -> list:
+    parser = OverridesParser.create()  # how Hydra's sweeper reads its params
+    override = parser.parse_override(f"{key}={cfg.hydra.sweeper.params[key]}")
+    return list(override.sweep_iterator())
+
+
 @pytest.mark.parametrize("preset", sorted(PRESET_SETTINGS))
-def test_every_preset_composes_with_its_settings_and_sweep(composer, preset: str) -> None:
-    from omegaconf import OmegaConf
-
-    from slowlearn.train import check_config
-
-    cfg = composer(f"experiment={preset}")
+def test_every_preset_composes_with_its_settings_and_sweep(preset: str) -> None:
+    cfg = compose_config(f"experiment={preset}")
     assert cfg.name == preset
     for key, value in PRESET_SETTINGS[preset].items():
         selected = OmegaConf.select(cfg, key, default=None)
         plain = OmegaConf.to_object(selected) if OmegaConf.is_config(selected) else selected
         assert plain == value, key
-    parser = OverridesParser.create()  # how Hydra's sweeper reads its params
-    sizes = {
-        key: len(list(parser.parse_override(f"{key}={value}").sweep_iterator()))
-        for key, value in cfg.hydra.sweeper.params.items()
-    }
+    sizes = {key: len(sweep_values(cfg, key)) for key in cfg.hydra.sweeper.params}
     assert sizes == PRESET_SWEEPS[preset]
     check_config(cfg)  # every preset passes the start-up checks
+
+
+def test_the_lr_grid_is_log_spaced_and_spans_at_least_0_03_to_10() -> None:
+    grid = sweep_values(compose_config("experiment=lr_fair"), "optimizer.lr")
+    lrs = sorted(float(v) for v in grid)
+    assert lrs[0] <= 0.03 and lrs[-1] >= 10 and len(lrs) >= 6
+    ratios = [b / a for a, b in itertools.pairwise(lrs)]
+    assert max(ratios) / min(ratios) < 1.2  # evenly spaced on a log scale
+
+
+def test_the_depth_preset_sweeps_1_to_4_sigmoid_layers_of_100() -> None:
+    sizes = sweep_values(compose_config("experiment=depth"), "model.hidden_sizes")
+    assert [list(s) for s in sizes] == [[100] * depth for depth in range(1, 5)]

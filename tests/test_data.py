@@ -11,17 +11,9 @@ import pytest
 import torch
 import torchvision
 
-from slowlearn.data import (
-    DataError,
-    DeviceBatches,
-    EpochPermutation,
-    ImageDataModule,
-    idx_bytes,
-    idx_path,
-    load_split,
-    nielsen_pickle_to_idx,
-    write_atomically,
-)
+from slowlearn.data import DeviceBatches, EpochPermutation, ImageDataModule
+from slowlearn.prepare import DataError, idx_bytes, idx_path, load_split, nielsen_pickle_to_idx
+from slowlearn.records import write_atomically
 from tests.conftest import learnable_digits
 
 
@@ -82,19 +74,29 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch() -> None:
     assert len(set(shards[0].tolist()) | set(shards[1].tolist())) == 100
 
 
-def test_device_batches_are_the_permuted_minibatches_in_chunks() -> None:
-    images = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1).expand(10, 28, 28)
+def test_each_member_gets_its_own_order_in_chunks_from_one_copy_of_the_data() -> None:
+    images = torch.arange(10, dtype=torch.float32).reshape(10, 1).expand(10, 784)
     labels = torch.arange(10)
-    order = EpochPermutation(10, True, seed=1)
-    batches = DeviceBatches(images, labels, 3, 2, order, current_epoch=lambda: 2)
+    orders = [EpochPermutation(10, True, seed=seed) for seed in (1, 2, 1)]
+    batches = DeviceBatches(images, labels, 3, 2, orders, current_epoch=lambda: 2)
     chunks = list(batches)
     assert len(batches) == len(chunks) == 2  # 4 mini-batches (3, 3, 3, 1) in chunks of 2
+    assert batches.steps == 4
     minibatches = [pair for chunk in chunks for pair in chunk]
-    assert [len(y) for _, y in minibatches] == [3, 3, 3, 1]
-    served = torch.cat([y for _, y in minibatches])
-    assert torch.equal(served, order.indices(2))
+    assert [tuple(y.shape) for _, y in minibatches] == [(3, 3), (3, 3), (3, 3), (3, 1)]
+    served = torch.cat([y for _, y in minibatches], dim=1)  # [member, sample]
+    for member, order in enumerate(orders):  # each member's order is its run's order
+        assert torch.equal(served[member], order.indices(2))
     for x, y in minibatches:  # each image still paired with its label
-        assert torch.equal(x[:, 0, 0], y.float())
+        assert x.shape == (*y.shape, 784) and torch.equal(x[..., 0], y.float())
+
+
+def test_evaluation_serves_one_batch_to_every_member_without_copies() -> None:
+    images, labels = torch.rand(10, 784), torch.arange(10)
+    batches = DeviceBatches(images, labels, 4, 1, None, current_epoch=lambda: 0)
+    served = [pair for chunk in batches for pair in chunk]
+    assert [len(y) for _, y in served] == [4, 4, 2]
+    assert all(x.data_ptr() == images[4 * i].data_ptr() for i, (x, _) in enumerate(served))
 
 
 def test_datamodule_splits_train_and_val_and_serves_test(tiny_data: Path) -> None:

@@ -24,7 +24,7 @@ def tiny_datamodule(tiny_data: Path) -> ImageDataModule:
 
 def rows(images: Tensor) -> list[bytes]:
     """Each image's pixel bytes (the data holds pixels / 255): they identify the samples."""
-    pixels = (images * 255).round().to(torch.uint8).flatten(1)
+    pixels = (images * 255).round().to(torch.uint8).reshape(-1, 784)  # any member axes
     return [row.numpy().tobytes() for row in pixels]
 
 

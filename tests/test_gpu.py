@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 
 from slowlearn.data import ImageDataModule
-from slowlearn.module import LitClassifier
-from slowlearn.train import instantiate_run
-from tests.conftest import REPO
+from slowlearn.module import LitClassifier, build_module
+from tests.conftest import compose_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,34 +29,31 @@ TINY = [
     "data.batch_size=50",
     "data.online=false",
     "model.hidden_sizes=[32]",
-    "+trainer.enable_progress_bar=false",
 ]
 
 
 @pytest.fixture
-def fit(tiny_data: Path, tmp_path: Path) -> Iterator:
-    """Fits the tiny data as ``make train <overrides>`` would, in this process."""
-    previous = HydraConfig.instance().cfg
+def fit(tiny_data: Path) -> Iterator:
+    """Fits the tiny data with the module, data and trainer of ``make train <overrides>``."""
 
     def fit_tiny(
         *overrides: str, callbacks: tuple[pl.Callback, ...] = ()
     ) -> tuple[ImageDataModule, LitClassifier, pl.Trainer]:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[f"data.dir={tiny_data}", *TINY, *overrides],
-                return_hydra_config=True,
-            )
-        cfg.hydra.runtime.output_dir = str(tmp_path / "_".join(overrides))
-        HydraConfig.instance().set_config(cfg)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, module, _, trainer = instantiate_run(cfg)
-        trainer.callbacks.extend(callbacks)
+        cfg = compose_config(f"data.dir={tiny_data}", *TINY, *overrides, hydra_node=False)
+        module, datamodule = build_module([cfg]), instantiate(cfg.data)
+        trainer = pl.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            max_epochs=cfg.trainer.max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            callbacks=list(callbacks),
+        )
         trainer.fit(module, datamodule=datamodule)
         return datamodule, module, trainer
 
     yield fit_tiny
-    HydraConfig.instance().cfg = previous
 
 
 class SyncCounter(pl.Callback):
@@ -100,7 +95,7 @@ def test_gpu_and_cpu_runs_learn_alike(fit) -> None:
     results = {}
     for accelerator in ("cpu", "gpu"):
         _, module, _ = fit("trainer.max_epochs=2", f"trainer.accelerator={accelerator}")
-        results[accelerator] = module.val_history[-1]
+        results[accelerator] = module.histories[0].val_history[-1]
     # Same seed, same initial weights and the same sample order: only rounding differs (more
     # of it if a speed option allows TF32 matmuls).
     assert results["gpu"]["val/loss"] == pytest.approx(results["cpu"]["val/loss"], rel=1e-2)

@@ -4,38 +4,17 @@ script), threads split between parallel jobs, and GPUs handed out round-robin.""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
 from slowlearn import train
-from tests.conftest import REPO, TINY_ARGS, job_dirs, read_metrics, run_train
+from tests.conftest import TINY_ARGS, compose_config, job_dirs, read_metrics, run_train
 
 ONE_EPOCH = [a for a in TINY_ARGS if not a.startswith("trainer.max_epochs")]
 ONE_EPOCH.append("trainer.max_epochs=1")
-
-
-def compose_with_hydra(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=list(overrides), return_hydra_config=True)
-
-
-@pytest.fixture
-def hydra_config() -> Iterator:
-    """Sets HydraConfig as a running job sees it; restores the previous one afterwards."""
-    previous = HydraConfig.instance().cfg
-
-    def set_config(*overrides: str) -> None:
-        HydraConfig.instance().set_config(compose_with_hydra(*overrides))
-
-    yield set_config
-    HydraConfig.instance().cfg = previous
 
 
 @pytest.mark.parametrize(
@@ -76,8 +55,7 @@ def test_parallel_jobs_split_the_cores(
     hydra_config, monkeypatch: pytest.MonkeyPatch, overrides: list[str], cores: int
 ) -> None:
     monkeypatch.setattr(train, "available_cores", lambda: 8)
-    hydra_config(*overrides)
-    assert train.cores_per_job() == cores
+    assert train.cores_per_job(hydra_config(*overrides).hydra) == cores
 
 
 def test_joblib_sweep_runs_two_jobs_with_the_cores_split(tiny_data: Path, tmp_path: Path) -> None:
@@ -121,7 +99,7 @@ def test_slurm_launcher_passes_the_documented_resources_to_sbatch(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     submitit = pytest.importorskip("submitit")  # absent where only the GPU checks run
-    cfg = compose_with_hydra(
+    cfg = compose_config(
         "hydra/launcher=slurm",
         "hydra.launcher.gpus_per_node=2",
         "hydra.launcher.timeout_min=30",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import job_dirs, read_metrics, run_train
+from tests.conftest import cell_of, job_dirs, read_metrics, run_train
 
 
 @pytest.mark.mnist
@@ -26,13 +26,14 @@ def test_cross_entropy_beats_mse_after_one_epoch(mnist_dir: Path, tmp_path: Path
             "trainer.accelerator=cpu",
             f"data.dir={mnist_dir}",
             f"hydra.sweep.dir={tmp_path}",
+            "hydra/launcher=batched",
+            "+trainer.enable_progress_bar=false",
         ]
     )
-    val_acc = {}
-    for run_dir in job_dirs(tmp_path):
-        record = read_metrics(run_dir)
-        cell = f"{record['config']['activation']['name']}+{record['config']['loss']['name']}"
-        val_acc[cell] = record["metrics"]["val_history"][0]["val/acc"]
+    val_acc = {
+        cell_of(run_dir): read_metrics(run_dir)["metrics"]["val_history"][0]["val/acc"]
+        for run_dir in job_dirs(tmp_path)
+    }
     assert set(val_acc) == {"sigmoid+mse", "sigmoid+bce", "softmax+nll"}
     for cross_entropy in ("sigmoid+bce", "softmax+nll"):
         assert val_acc[cross_entropy] - val_acc["sigmoid+mse"] >= 0.20, val_acc

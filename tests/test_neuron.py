@@ -6,27 +6,30 @@ import math
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import job_dirs, read_metrics, run_train
+from tests.conftest import read_metrics, read_scalars, run_train, runs_by_name
 
 
 @pytest.fixture(scope="module")
 def neuron_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Figure 5-4's four runs, batched: the two starts are two groups of two objectives."""
     sweep_dir = tmp_path_factory.mktemp("neuron")
-    run_train(
+    result = run_train(
         ["-m", "experiment=neuron", f"hydra.sweep.dir={sweep_dir}", "trainer.accelerator=cpu"]
+        + ["hydra/launcher=batched", "+trainer.enable_progress_bar=false"]
     )
-    runs = {p.name: p for p in job_dirs(sweep_dir)}
-    assert len(runs) == 4, sorted(runs)
+    assert "Batched launcher: 4 jobs in 2 groups" in result.stderr + result.stdout
+    runs = runs_by_name(sweep_dir)
+    assert sorted(runs) == [
+        f"sigmoid+{loss}/start{start}"
+        for loss in ("bce", "mse")
+        for start in ("0.6-0.9", "2.0-2.0")
+    ]
     return runs
 
 
 def series(run_dir: Path, tag: str) -> dict[int, float]:
-    (tb_dir,) = (run_dir / "tb").iterdir()
-    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
+    return dict(read_scalars(run_dir)[tag])
 
 
 def final_output(run_dir: Path, loss: str) -> float:
@@ -36,12 +39,11 @@ def final_output(run_dir: Path, loss: str) -> float:
 
 
 def run_for(runs: dict[str, Path], loss: str, start: str) -> Path:
-    (match,) = [p for name, p in runs.items() if f"loss={loss}" in name and start in name]
-    return match
+    return runs[f"sigmoid+{loss}/start{start}"]
 
 
 def test_mse_learns_slowly_from_the_saturated_start(neuron_sweep: dict[str, Path]) -> None:
-    run_dir = run_for(neuron_sweep, "mse", "[2.0,2.0]")
+    run_dir = run_for(neuron_sweep, "mse", "2.0-2.0")
     cost = series(run_dir, "train/loss")
     assert sorted(cost) == list(range(300))  # cost after 0 .. 299 updates
     assert cost[0] == pytest.approx(0.482, abs=1e-3)
@@ -55,7 +57,7 @@ def test_mse_learns_slowly_from_the_saturated_start(neuron_sweep: dict[str, Path
 
 
 def test_cross_entropy_learns_fast_from_the_same_start(neuron_sweep: dict[str, Path]) -> None:
-    run_dir = run_for(neuron_sweep, "bce", "[2.0,2.0]")
+    run_dir = run_for(neuron_sweep, "bce", "2.0-2.0")
     cost = series(run_dir, "train/loss")
     assert min(step for step, value in cost.items() if value < 0.1) == 52
     assert final_output(run_dir, "bce") == pytest.approx(0.012, abs=1e-3)
@@ -63,6 +65,18 @@ def test_cross_entropy_learns_fast_from_the_same_start(neuron_sweep: dict[str, P
 
 def test_both_costs_learn_from_the_unsaturated_start(neuron_sweep: dict[str, Path]) -> None:
     for loss in ("mse", "bce"):
-        run_dir = run_for(neuron_sweep, loss, "[0.6,0.9]")
+        run_dir = run_for(neuron_sweep, loss, "0.6-0.9")
         assert series(run_dir, "param/w")[0] == pytest.approx(0.6)
         assert final_output(run_dir, loss) < 0.25
+
+
+def test_a_single_neuron_run_prints_its_output_and_cost(tmp_path: Path) -> None:
+    """What `make train ARGS="experiment=neuron"` prints: accuracy on one sample means nothing."""
+    result = run_train(
+        ["experiment=neuron", f"hydra.run.dir={tmp_path}", "trainer.accelerator=cpu"]
+    )
+    record = read_metrics(tmp_path)
+    output, cost = record["metrics"]["final_output"], record["metrics"]["test_loss"]
+    assert output == pytest.approx(0.203, abs=1e-3) and cost == pytest.approx(output**2 / 2)
+    assert f"sigmoid+mse: final output {output:.4f}, cost {cost:.4f}" in result.stdout
+    assert "test accuracy" not in result.stdout

@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from slowlearn.data import DataError, idx_bytes, idx_path, load_split
+from slowlearn import evaluate
+from slowlearn.data import ImageDataModule
+from slowlearn.prepare import DataError, idx_bytes, idx_path, load_split
 from tests.conftest import (
     REPO,
     TINY_ARGS,
+    compose_config,
     learnable_digits,
     read_metrics,
     run_train,
@@ -54,26 +58,38 @@ def corrupt(root: Path, how: str) -> Path:
     ],
 )
 def test_corrupt_data_names_the_file_and_the_fix(tmp_path: Path, how: str, message: str) -> None:
+    """What a training run meets, in this process: the run's data module refuses the file."""
     root = write_idx_dataset(tmp_path / "data")
     bad_file = corrupt(root, how)
+    corrupted = bad_file.read_bytes()
     split = "test" if how == "counts" else "train"
     with pytest.raises(DataError, match=message) as error:
         load_split(root, "mnist", split)
     assert str(bad_file) in str(error.value) and "make data" in str(error.value)
+    data = ImageDataModule(dir=str(root), val_size=100, online=False)
+    with pytest.raises(DataError, match=message):
+        data.prepare_data()
+    assert bad_file.read_bytes() == corrupted  # never replaced by a training run
 
+
+def test_a_run_on_corrupt_data_fails_with_one_line_naming_the_file(tmp_path: Path) -> None:
+    root = write_idx_dataset(tmp_path / "data")
+    bad_file = corrupt(root, "truncated")
+    corrupted = bad_file.read_bytes()
     result = run_train(
         [f"data.dir={root}", f"hydra.run.dir={tmp_path / 'run'}", *TINY_ARGS], check=False
     )
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert str(bad_file) in last_line and "make data" in last_line
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "error.log").exists()
+    assert bad_file.read_bytes() == corrupted  # the user's file is kept
 
 
 SLOW_FAKE_SOURCE = """
 import sys, time
 from pathlib import Path
-import slowlearn.data as data
+import slowlearn.prepare as data
 from tests.conftest import learnable_digits
 
 def slow_source():
@@ -114,26 +130,58 @@ def test_two_preparations_at_once_prepare_once(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_gives_the_same_test_accuracy(
-    tiny_data: Path, tmp_path: Path
+    single_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_train(
-        [f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS, "trainer.max_epochs=3"]
-    )
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    trained = read_metrics(tmp_path)["metrics"]
+    last = single_run / "checkpoints" / "last.ckpt"
+    trained = read_metrics(single_run)["metrics"]
     # last.ckpt holds the final weights, also when the last epoch was not the best one.
     final_step = trained["val_history"][-1]["step"]
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == final_step
-    result = subprocess.run(
-        [sys.executable, "-m", "slowlearn.evaluate", str(last)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    evaluated = dict(line.split() for line in result.stdout.strip().splitlines())
+    monkeypatch.setattr(sys, "argv", ["evaluate", str(last), "--accelerator", "cpu"])
+    evaluate.main()  # what `make eval CKPT=...` runs
+    evaluated = dict(line.split() for line in capsys.readouterr().out.strip().splitlines())
     assert float(evaluated["test/acc"]) == pytest.approx(trained["test_acc"], abs=1e-4)
     assert float(evaluated["test/loss"]) == pytest.approx(trained["test_loss"], rel=1e-4)
+
+
+def test_a_checkpoint_from_before_the_batched_launcher_still_evaluates(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The on-disk layout of every earlier run: a single nn.Sequential under ``model.``, its
+    SGD state in torch.optim's format, and the run's config beside it."""
+    cfg = compose_config(f"data.dir={tiny_data}", *TINY_ARGS, hydra_node=False)
+    pl_seed = 7
+    torch.manual_seed(pl_seed)
+    model = instantiate_model(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model(torch.rand(4, 784)).sum().backward()
+    optimizer.step()
+    state = {f"model.{name}": value for name, value in model.state_dict().items()}
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 1,
+            "state_dict": state,
+            "optimizer_states": [optimizer.state_dict()],
+        },
+        checkpoint,
+    )
+    (tmp_path / "run" / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    results = evaluate.evaluate(checkpoint, accelerator="cpu")
+    images, labels = load_split(tiny_data, "mnist", "test")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images.reshape(len(images), -1) / 255.0).float())
+    expected = (logits.argmax(1) == torch.from_numpy(labels.astype("int64"))).float().mean()
+    assert results["test/acc"] == pytest.approx(expected.item(), abs=1e-6)
+
+
+def instantiate_model(cfg: DictConfig) -> torch.nn.Module:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.model)
 
 
 def test_make_clean_keeps_data_and_logs_and_deleting_them_asks(tmp_path: Path) -> None:
@@ -155,21 +203,20 @@ def test_make_clean_keeps_data_and_logs_and_deleting_them_asks(tmp_path: Path) -
     assert not (tmp_path / "data").exists() and not (tmp_path / "logs").exists()
 
 
-def test_eval_without_a_checkpoint_says_how(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "slowlearn.evaluate", str(tmp_path / "missing.ckpt")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+def test_eval_without_a_checkpoint_says_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "missing.ckpt"
+    monkeypatch.setattr(sys, "argv", ["evaluate", str(missing)])
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main()
+    assert str(exited.value) == f"error: checkpoint {missing} does not exist"
 
 
 def test_an_interrupted_preparation_leaves_nothing_that_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import slowlearn.data as data
+    import slowlearn.prepare as data
 
     def source() -> dict:
         arrays = {}
@@ -197,25 +244,12 @@ def test_an_interrupted_preparation_leaves_nothing_that_passes(
     load_split(tmp_path, "mnist", "train")
 
 
-def test_runs_started_in_the_same_second_get_their_own_folders(
-    tiny_data: Path, tmp_path: Path
-) -> None:
-    args = [f"data.dir={tiny_data}", *TINY_ARGS, "trainer.max_epochs=1", "threads=1"]
-    # The default run folder pattern, under tmp_path instead of logs/runs/<name>/.
-    folder = f"hydra.run.dir={tmp_path}/${{now:%Y-%m-%d}}_${{now:%H-%M-%S-%f}}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "slowlearn.train", *args, folder],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
-    assert [run.wait(timeout=300) for run in runs] == [0, 0]
-    folders = sorted(tmp_path.iterdir())
+def test_runs_started_in_the_same_second_get_their_own_folders(hydra_config) -> None:
+    """The default run folder carries microseconds: two runs in one second never share one."""
+    folders = set()
+    for _ in range(2):
+        cfg = hydra_config()
+        folders.add(str(OmegaConf.select(cfg, "hydra.run.dir")))
     assert len(folders) == 2
-    assert folders[0].name[:19] == folders[1].name[:19]  # the same second
-    assert all(read_metrics(f)["status"] == "completed" for f in folders)
+    stamps = [Path(folder).parent.name for folder in folders]
+    assert len(stamps[0]) == len("2026-01-01_00-00-00-000000")

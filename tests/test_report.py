@@ -13,37 +13,22 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from slowlearn.report import (
-    COLUMNS,
-    OUTPUTS,
-    RESULTS,
-    Run,
-    finding,
-    group_runs,
-    main,
-    make_report,
-)
-from tests.conftest import TINY_ARGS, job_dirs, read_metrics, run_train
+from slowlearn.records import SETTINGS
+from slowlearn.report import OUTPUTS, make_report
+from slowlearn.report.__main__ import main
+from slowlearn.report.findings import finding
+from slowlearn.report.runs import RESULTS, Run, group_runs
+from slowlearn.report.tables import COLUMNS
+from tests.conftest import DIVERGED, read_metrics, runs_by_name
 
-DIVERGED = "diverged"  # the folder of the run that diverges
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def make_tiny_sweep(data_dir: Path, sweep_dir: Path) -> Path:
-    """Two cells x two seeds, two epochs each, and beside them a run that really diverges:
-    at lr 1e30 sigmoid + bce's loss is NaN at the second step."""
-    data = f"data.dir={data_dir}"
-    sweep = ["-m", "cell=sigmoid_mse,softmax_nll", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
-    run_train([*sweep, data, *TINY_ARGS])
-    diverging = ["cell=sigmoid_bce", "optimizer.lr=1e30", f"hydra.run.dir={sweep_dir / DIVERGED}"]
-    run_train([*diverging, data, *TINY_ARGS], check=False)
-    assert read_metrics(sweep_dir / DIVERGED)["status"] == "diverged"
-    return sweep_dir
-
-
 @pytest.fixture(scope="module")
-def sweep(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sweep_dir = make_tiny_sweep(tiny_data, tmp_path_factory.mktemp("sweep"))
+def sweep(tiny_sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny sweep (two cells x two seeds, and a diverged run), in a copy of its own."""
+    sweep_dir = tmp_path_factory.mktemp("report") / "sweep"
+    shutil.copytree(tiny_sweep, sweep_dir)
     make_report(sweep_dir)
     return sweep_dir
 
@@ -57,8 +42,7 @@ def summary_rows(folder: Path) -> dict[str, dict[str, str]]:
 
 def epoch1_error_signal(run_dir: Path) -> float:
     """The mean true-class error signal logged within epoch 1, read here independently."""
-    (tb_dir,) = (run_dir / "tb").iterdir()
-    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     end = read_metrics(run_dir)["metrics"]["val_history"][0]["step"]
     values = accumulator.Scalars("diag/error_signal/true_class")
@@ -67,15 +51,16 @@ def epoch1_error_signal(run_dir: Path) -> float:
 
 def test_summary_has_a_row_per_run_with_its_settings_and_results(sweep: Path) -> None:
     rows = summary_rows(sweep)
-    assert set(rows) == {p.name for p in job_dirs(sweep)}
-    assert len(rows) == 5
-    for run_dir in job_dirs(sweep):
-        row, record = rows[run_dir.name], read_metrics(run_dir)
+    runs = runs_by_name(sweep)
+    assert set(rows) == set(runs) and len(rows) == 5
+    for name, run_dir in runs.items():
+        row, record = rows[name], read_metrics(run_dir)
         metrics, config = record["metrics"], record["config"]
         assert row["status"] == record["status"]
         assert row["cell"] == f"{row['activation']}+{row['loss']}"
         assert row["activation"] == config["activation"]["name"]
         assert (row["optimizer"], row["batch_size"], row["dataset"]) == ("SGD", "50", "mnist")
+        assert row["depth"] == "1"
         if run_dir.name == DIVERGED:
             assert (row["status"], row["cell"], row["group"]) == ("diverged", "sigmoid+bce", "")
             assert all(row[key] == "" for key in RESULTS)
@@ -107,7 +92,7 @@ def test_report_tables_the_groups_and_states_the_finding_with_its_numbers(sweep:
         f"vs {100 * epoch1['softmax+nll']:.1f}% for softmax+nll (mean of 2 seeds); "
     )
     assert statement in text
-    assert f"- `{DIVERGED}` (sigmoid+bce, seed 0): **diverged**: training loss is nan" in text
+    assert "- `sigmoid+bce` (sigmoid+bce, seed 0): **diverged**: training loss is nan" in text
 
 
 def test_curves_are_a_valid_png_under_300_kb(sweep: Path) -> None:
@@ -126,25 +111,34 @@ def snapshot(folder: Path) -> dict[Path, tuple[bytes, int]]:
     }
 
 
-def test_command_line_rewrites_its_three_files_and_touches_nothing_else(
+def test_command_line_rewrites_its_own_files_and_touches_nothing_else(
     sweep: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = snapshot(sweep)
     main([str(sweep)])
     assert "After epoch 1, sigmoid+mse reaches" in capsys.readouterr().out
     after = snapshot(sweep)
-    assert set(after) == set(before)  # no new files, no temporary files left behind
+    aggregated = {path for path in {*before, *after} if "/mean/" in str(path)}
+    assert set(after) - aggregated == set(before) - aggregated  # no other file, no temporaries
     outputs = {sweep / name for name in OUTPUTS}
-    assert {path for path in after if after[path] != before[path]} == outputs
+    changed = {path for path in set(after) & set(before) if after[path] != before[path]}
+    assert changed - aggregated == outputs
+    # The aggregated TensorBoard runs are replaced, never appended to: one event file each.
+    for folder in {path.parent for path in aggregated}:
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
 
 
 def test_a_single_run_folder_gets_a_one_row_report(sweep: Path, tmp_path: Path) -> None:
-    (job,) = [p for p in job_dirs(sweep) if "sigmoid_mse" in p.name and "seed=0" in p.name]
     run_dir = tmp_path / "run"
-    shutil.copytree(job, run_dir)
+    shutil.copytree(runs_by_name(sweep)["sigmoid+mse/seed0"], run_dir)
     make_report(run_dir)
     (row,) = summary_rows(run_dir).values()
-    assert (row["run"], row["status"], row["cell"]) == ("run", "completed", "sigmoid+mse")
+    assert (row["run"], row["status"], row["cell"]) == (
+        "sigmoid+mse/seed0",
+        "completed",
+        "sigmoid+mse",
+    )
+    assert not (run_dir / "mean").exists()  # no aggregated run for a single run
     text = (run_dir / "report.md").read_text()
     (line,) = [line for line in text.splitlines() if line.startswith("| sigmoid+mse | 1 |")]
     assert "±" not in line
@@ -162,18 +156,18 @@ def test_a_folder_without_runs_is_a_one_line_error_naming_it(tmp_path: Path) -> 
 # ------------------------------------------------------------------ the finding's wording
 
 
-def fake_runs(cell: str, epoch1_acc: list[float], **overrides: str) -> list[Run]:
+def fake_runs(cell: str, epoch1_acc: list[float], **settings: object) -> list[Run]:
     """Completed runs of one cell, one per seed, with the given val accuracy after epoch 1."""
     activation, loss = cell.split("+")
+    base = dict.fromkeys(SETTINGS) | {"activation": activation, "loss": loss} | settings
     return [
         Run(
-            folder=Path(f"{cell},{overrides},seed={seed}"),
+            folder=Path(f"{cell}/{settings}/seed{seed}"),
+            name=f"{cell}/seed{seed}",
             status="completed",
             error="",
-            settings={"activation": activation, "loss": loss, "seed": seed},
-            overrides={"cell": cell, "seed": str(seed), **overrides},
+            settings=base | {"seed": seed},
             results={"epoch1_val_acc": acc},
-            scalars={},
         )
         for seed, acc in enumerate(epoch1_acc)
     ]
@@ -209,18 +203,18 @@ def test_the_finding_says_when_the_gap_is_small_reversed_or_mixed(
 
 def test_the_finding_compares_the_cells_under_each_optimiser() -> None:
     runs = []
-    for optimizer, accuracies in (("sgd", [0.40, 0.85]), ("adam", [0.90, 0.91])):
+    for optimizer, accuracies in (("SGD", [0.40, 0.85]), ("Adam", [0.90, 0.91])):
         runs += fake_runs("sigmoid+mse", [accuracies[0]] * 3, optimizer=optimizer)
         runs += fake_runs("softmax+nll", [accuracies[1]] * 3, optimizer=optimizer)
     paragraphs = finding(group_runs(runs))
     assert paragraphs == [
-        "With optimizer=adam, after epoch 1, sigmoid+mse reaches 90.0% val accuracy vs 91.0% "
+        "With optimizer=Adam, after epoch 1, sigmoid+mse reaches 90.0% val accuracy vs 91.0% "
         "for softmax+nll (mean of 3 seeds); in every seed it is within 2 points of "
         "softmax+nll: no clear gap.",
-        "With optimizer=sgd, after epoch 1, sigmoid+mse reaches 40.0% val accuracy vs 85.0% "
+        "With optimizer=SGD, after epoch 1, sigmoid+mse reaches 40.0% val accuracy vs 85.0% "
         "for softmax+nll (mean of 3 seeds); in every seed it trails softmax+nll by at least "
         "45.0 points.",
         "After epoch 1 the best cross-entropy cell leads sigmoid+mse by 1.0 points with "
-        "optimizer=adam and 45.0 points with optimizer=sgd (differences of seed means; "
+        "optimizer=Adam and 45.0 points with optimizer=SGD (differences of seed means; "
         "negative: mse ahead).",
     ]

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
-from slowlearn.data import ImageDataModule
-from slowlearn.model import DMLP
-from slowlearn.module import LitClassifier
+from slowlearn.module import build_module
+from tests.conftest import compose_config
 
 
 def train_weights(data_dir: Path, steps_per_chunk: int, backward_hooks: bool) -> list[torch.Tensor]:
     torch.set_num_threads(1)
-    pl.seed_everything(0, verbose=False)
-    module = LitClassifier(
-        DMLP(hidden_sizes=[16], hidden_activation="sigmoid"),
-        partial(torch.optim.SGD, lr=0.1),
-        activation="sigmoid",
-        loss="mse",
-        backward_hooks=backward_hooks,
+    cfg = compose_config(
+        f"data.dir={data_dir}",
+        "cell=sigmoid_mse",
+        "optimizer=sgd",
+        "model.hidden_sizes=[16]",
+        "model.hidden_activation=sigmoid",
+        "data.batch_size=32",
+        "data.val_size=100",
+        "data.online=false",
+        f"data.steps_per_chunk={steps_per_chunk}",
+        f"module.backward_hooks={backward_hooks}",
+        hydra_node=False,
     )
-    data = ImageDataModule(
-        dir=str(data_dir),
-        batch_size=32,
-        val_size=100,
-        steps_per_chunk=steps_per_chunk,
-        online=False,
-    )
+    module = build_module([cfg])
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -39,10 +37,10 @@ def train_weights(data_dir: Path, steps_per_chunk: int, backward_hooks: bool) ->
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=instantiate(cfg.data))
     assert trainer.global_step == 2 * 16  # 500 samples in batches of 32, per epoch
     assert module.plain_backward is not backward_hooks
-    return [p.detach().clone() for p in module.model.parameters()]
+    return [p.detach().clone() for p in module.network.stacked]
 
 
 @pytest.mark.parametrize(("steps_per_chunk", "backward_hooks"), [(1, True), (5, False), (64, True)])

@@ -1,12 +1,15 @@
-"""TensorBoard reads what a tiny sweep wrote: the HParams data in the event files, and a real
-TensorBoard server on a loopback port serves the runs, a scalar series and the HPARAMS tab."""
+"""TensorBoard reads what a tiny sweep wrote, as a person sees it: a real TensorBoard server
+on a loopback port lists the runs by their short names, and serves every tab its data (the
+scalars, the histograms, the HPARAMS table and the custom-scalars view of the seed bands)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -22,8 +25,8 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from tests.conftest import job_dirs, read_metrics
-from tests.test_report import make_tiny_sweep
+from slowlearn.report import make_report
+from tests.conftest import read_metrics, read_scalars, runs_by_name
 
 HPARAMS = {
     "activation",
@@ -38,9 +41,13 @@ HPARAMS = {
     "dataset",
     "max_epochs",
     "seed",
+    "depth",
 }
 METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
 METRIC_TAGS = {f"hparams/{name}" for name in METRICS}
+CELLS = ("sigmoid+mse", "softmax+nll")
+HISTOGRAM = "hist/error_signal_true_class"  # a tag no scalar uses: TensorBoard shows it
+HISTOGRAMS = {HISTOGRAM, "hist/bias_grad/hidden1", "hist/bias_grad/output"}
 SERVER_TIMEOUT = 60.0  # seconds for the server to start and load the sweep
 # The bodies the HPARAMS dashboard posts (tf-hparams-dashboard in tensorboard's webfiles.zip).
 EXPERIMENT = {"experimentName": "", "hparamsLimit": 1000}
@@ -48,14 +55,22 @@ STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNIN
 
 
 @pytest.fixture(scope="module")
-def sweep(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_sweep(tiny_data, tmp_path_factory.mktemp("sweep"))
+def sweep(tiny_sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny sweep with its report (which adds the seed-aggregated runs), in a copy."""
+    sweep_dir = tmp_path_factory.mktemp("tensorboard") / "sweep"
+    shutil.copytree(tiny_sweep, sweep_dir)
+    make_report(sweep_dir)
+    return sweep_dir
 
 
 def completed(sweep: Path) -> dict[str, Path]:
-    """The completed runs by their TensorBoard run name (the event folder under the sweep)."""
-    runs = [p for p in job_dirs(sweep) if read_metrics(p)["status"] == "completed"]
-    return {str(next((p / "tb").iterdir()).relative_to(sweep)): p for p in runs}
+    """The completed runs of the sweep (without the diverged single run beside it), by their
+    TensorBoard run name: the folder that holds their event files."""
+    return {
+        str(run_dir.relative_to(sweep)): run_dir
+        for name, run_dir in runs_by_name(sweep).items()
+        if read_metrics(run_dir)["status"] == "completed"
+    }
 
 
 def scalars(tb_dir: Path) -> dict[str, float]:
@@ -85,6 +100,7 @@ def test_hparams_and_their_metrics_are_in_the_event_files(sweep: Path) -> None:
         assert start.hparams["loss"].string_value == config["loss"]["name"]
         assert start.hparams["seed"].number_value == config["seed"]
         assert start.hparams["hidden_sizes"].string_value == "[32]"
+        assert start.hparams["depth"].number_value == 1
         # Every run declares every metric column, also one it has no value for.
         assert {info.name.tag for info in experiment.metric_infos} == METRIC_TAGS
         assert end.status == api_pb2.STATUS_SUCCESS
@@ -154,9 +170,7 @@ def wait_for(
     pytest.fail(f"TensorBoard gave no complete answer in {SERVER_TIMEOUT:.0f} s: {answer!r}")
 
 
-def test_a_tensorboard_server_serves_runs_scalars_and_the_hparams_table(
-    sweep: Path, tmp_path: Path
-) -> None:
+def test_a_tensorboard_server_serves_every_tab_of_the_sweep(sweep: Path, tmp_path: Path) -> None:
     runs = completed(sweep)
     event_dirs = {str(p.parent.relative_to(sweep)) for p in sweep.rglob("events.out.tfevents.*")}
     assert set(runs) <= event_dirs
@@ -168,6 +182,44 @@ def test_a_tensorboard_server_serves_runs_scalars_and_the_hparams_table(
 
         listed = ask(lambda: fetch(f"{url}/data/runs"), lambda runs: len(runs) == len(event_dirs))
         assert set(listed) == event_dirs
+        # Short names that say what tells the runs apart, and the seed-aggregated runs.
+        assert set(runs) == {f"{cell}/seed{seed}" for cell in CELLS for seed in (0, 1)}
+        assert {f"{cell}/mean" for cell in CELLS} <= set(listed)
+        assert not [run for run in listed if "=" in run or "tb" in run.split("/") or run == "."]
+
+        plugins = ask(lambda: fetch(f"{url}/data/plugins_listing"), bool)
+        for plugin in ("scalars", "histograms", "hparams", "custom_scalars"):
+            assert plugins[plugin]["enabled"], plugin
+        histograms = ask(
+            lambda: fetch(f"{url}/data/plugin/histograms/tags"),
+            lambda tags: set(runs) <= set(tags),
+        )
+        for name in runs:  # the per-sample error signal and the per-layer distributions
+            assert set(histograms[name]) >= HISTOGRAMS, name
+        query = urllib.parse.urlencode({"run": next(iter(runs)), "tag": HISTOGRAM})
+        (*_, buckets), *_ = fetch(f"{url}/data/plugin/histograms/histograms?{query}")
+        assert sum(count for *_, count in buckets) > 0
+
+        layout = ask(lambda: fetch(f"{url}/data/plugin/custom_scalars/layout"), bool)
+        (category,) = layout["category"]
+        margins = {chart["title"]: chart["margin"]["series"][0] for chart in category["chart"]}
+        assert margins["val/acc"] == {
+            "value": "val/acc",
+            "lower": "val/acc/min",
+            "upper": "val/acc/max",
+        }
+        mean_run = f"{CELLS[0]}/mean"
+        seeds = [read_scalars(runs[f"{CELLS[0]}/seed{seed}"])["val/acc"] for seed in (0, 1)]
+        for tag, expected in (
+            ("val/acc", statistics.fmean),
+            ("val/acc/min", min),
+            ("val/acc/max", max),
+        ):
+            query = urllib.parse.urlencode({"run": mean_run, "tag": f"^{tag}$"})
+            answer = fetch(f"{url}/data/plugin/custom_scalars/scalars?{query}")
+            events = answer["tag_to_events"][tag]
+            values = [expected(v for (_, v) in pair) for pair in zip(*seeds, strict=True)]
+            assert [value for _, _, value in events] == pytest.approx(values, rel=1e-6), tag
 
         name, run_dir = next(iter(runs.items()))
         query = urllib.parse.urlencode({"run": name, "tag": "val/acc"})

@@ -1,13 +1,12 @@
-"""End to end: the real entry point trains every cell and TensorBoard can read what it wrote."""
+"""End to end: the real entry point trains a batched sweep and a single run, and each run's
+folder holds what a person and the report read (records, checkpoints, event files)."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from tests.conftest import TINY_ARGS, job_dirs, read_metrics, run_train
+from tests.conftest import read_metrics, read_scalars, runs_by_name
 
 SCALARS = {
     "train/loss",
@@ -20,71 +19,70 @@ SCALARS = {
     "diag/error_signal/true_class",
     "diag/error_signal/all_outputs",
     "diag/saturated_wrong_fraction",
-    "diag/grad_norm/0",
-    "diag/grad_norm/2",
+    "diag/output_factor",
+    # Per layer, by name (the tiny model: one hidden layer of 32 ReLU units).
+    "diag/grad_norm/hidden1",
+    "diag/grad_norm/output",
+    "diag/bias_grad_norm/hidden1",
+    "diag/bias_grad_norm/output",
 }
 
 
-def events(run_dir: Path) -> EventAccumulator:
-    (tb_dir,) = (run_dir / "tb").iterdir()
-    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "histograms": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-@pytest.fixture(scope="module")
-def six_cell_sweep(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    run_train(
-        [
-            "-m",
-            "activation=sigmoid,softmax",
-            "loss=mse,bce,nll",
-            f"data.dir={tiny_data}",
-            f"hydra.sweep.dir={sweep_dir}",
-            *TINY_ARGS,
-        ]
-    )
-    return sweep_dir
-
-
-def test_multirun_trains_all_six_cells_into_readable_run_folders(six_cell_sweep: Path) -> None:
-    names = [p.name for p in job_dirs(six_cell_sweep)]
-    assert len(names) == 6
-    assert all(name.startswith("activation=") and ",loss=" in name for name in names)
-    for run_dir in job_dirs(six_cell_sweep):
+def test_every_member_has_the_folder_a_single_run_has(tiny_sweep: Path) -> None:
+    runs = runs_by_name(tiny_sweep)
+    members = {name: path for name, path in runs.items() if "/seed" in name}
+    assert sorted(members) == [
+        f"{c}/seed{s}" for c in ("sigmoid+mse", "softmax+nll") for s in (0, 1)
+    ]
+    for name, run_dir in members.items():
+        assert run_dir == tiny_sweep / name  # the job folder is its name
         record = read_metrics(run_dir)
         assert record["status"] == "completed", record.get("error")
+        assert record["group_size"] == 4 and record["run_name"] == name
         assert 0.0 <= record["metrics"]["test_acc"] <= 1.0
         assert len(record["metrics"]["epoch_seconds"]) == 2
         assert record["config"]["trainer"]["max_epochs"] == 2
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert list((run_dir / "checkpoints").glob("best-epoch00*.ckpt"))
+        assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
-def test_event_files_hold_losses_accuracies_and_diagnostics(six_cell_sweep: Path) -> None:
-    for run_dir in job_dirs(six_cell_sweep):
-        accumulator = events(run_dir)
-        tags = set(accumulator.Tags()["scalars"])
-        assert tags >= SCALARS, SCALARS - tags
-        assert "diag/error_signal/true_class" in accumulator.Tags()["histograms"]
-        losses = accumulator.Scalars("train/loss")
-        assert [e.step for e in losses] == [9, 19]  # means over 10 steps; step 0 is the start
-        assert [e.step for e in accumulator.Scalars("val/acc")] == [10, 20]
-        (tb_run,) = (run_dir / "tb").iterdir()
-        settings = dict(part.split("=", 1) for part in run_dir.name.split(","))
-        activation, loss = settings["activation"], settings["loss"]
-        assert tb_run.name == f"{activation}+{loss}_default_seed0"
+def test_event_files_hold_losses_accuracies_and_diagnostics_by_layer(tiny_sweep: Path) -> None:
+    for name, run_dir in runs_by_name(tiny_sweep).items():
+        if "/seed" not in name:
+            continue
+        scalars = read_scalars(run_dir)
+        assert set(scalars) >= SCALARS, SCALARS - set(scalars)
+        assert not [tag for tag in scalars if tag.rsplit("/", 1)[-1].isdigit()]  # no indices
+        assert [step for step, _ in scalars["train/loss"]] == [9, 19]  # 10-step means
+        assert [step for step, _ in scalars["val/acc"]] == [10, 20]
+        # The speed of learning of each layer at the initial weights, at step 0.
+        assert scalars["diag/bias_grad_norm/output"][0][0] == 0
 
 
-def test_cross_entropy_learns_the_tiny_task(six_cell_sweep: Path) -> None:
-    (run_dir,) = [
-        p for p in job_dirs(six_cell_sweep) if "softmax,data" in p.name and "=nll" in p.name
-    ]
-    record = read_metrics(run_dir)
-    assert record["metrics"]["test_acc"] > 0.5
+def epoch1(run_dir: Path, tag: str) -> float:
+    end = read_metrics(run_dir)["metrics"]["val_history"][0]["step"]
+    return statistics.fmean(v for step, v in read_scalars(run_dir)[tag] if step <= end)
 
 
-def test_single_run_prints_where_to_look(tiny_data: Path, tmp_path: Path) -> None:
-    result = run_train([f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS])
-    assert f"tensorboard --logdir {tmp_path}" in result.stdout
-    assert read_metrics(tmp_path)["status"] == "completed"
+def test_cross_entropy_learns_the_tiny_task_faster_than_mse(tiny_sweep: Path) -> None:
+    runs = runs_by_name(tiny_sweep)
+    for seed in (0, 1):
+        mse, ce = runs[f"sigmoid+mse/seed{seed}"], runs[f"softmax+nll/seed{seed}"]
+        val = [read_metrics(r)["metrics"]["val_history"][0]["val/acc"] for r in (mse, ce)]
+        assert val[1] >= 0.9 and val[1] - val[0] >= 0.3, val
+        # Eq. 5.5: cross entropy's step at the output is the error itself, MSE's carries sigma'.
+        signal = "diag/error_signal/true_class"
+        assert epoch1(ce, signal) > 2 * epoch1(mse, signal)
+
+
+def test_a_single_run_prints_its_result_where_to_look_and_its_steps(single_run: Path) -> None:
+    output = (single_run.parent / "output.txt").read_text()
+    metrics = read_metrics(single_run)["metrics"]
+    assert (
+        f"softmax+nll: test accuracy {metrics['test_acc']:.4f}; run folder {single_run}" in output
+    )
+    assert f"inspect: make tensorboard RUN={single_run.parent}" in output
+    # The progress bar counts optimiser steps (10 per epoch here), at so many steps/s.
+    assert "10/10" in output and "step/s" in output
+    assert "litlogger" not in output and "Tip" not in output

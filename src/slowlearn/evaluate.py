@@ -1,6 +1,9 @@
 """Evaluate a saved checkpoint on the test set, with the configuration of the run that saved it.
 
-python -m slowlearn.evaluate logs/runs/default/<run>/checkpoints/last.ckpt
+python -m slowlearn.evaluate logs/runs/default/<date>_<time>/<cell>/checkpoints/last.ckpt
+
+Any run's checkpoint: a single run's, a member's of a batched group (the same format), or one
+written before the batched launcher existed.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from slowlearn.module import LitClassifier
+from slowlearn.module import build_module
 
 
 def run_config(checkpoint: Path) -> DictConfig:
@@ -30,10 +34,8 @@ def run_config(checkpoint: Path) -> DictConfig:
 def evaluate(checkpoint: Path, accelerator: str = "auto") -> dict[str, float]:
     """Test accuracy and loss of the weights in ``checkpoint`` on the official test set."""
     cfg = run_config(checkpoint)
-    datamodule = instantiate(cfg.data)
-    module: LitClassifier = instantiate(
-        cfg.module, model=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer)
-    )
+    module = build_module([cfg])
+    module.load_member_weights([torch.load(checkpoint, map_location="cpu", weights_only=False)])
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -42,8 +44,8 @@ def evaluate(checkpoint: Path, accelerator: str = "auto") -> dict[str, float]:
         enable_model_summary=False,
         enable_progress_bar=False,
     )
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
-    return module.test_results
+    trainer.test(module, datamodule=instantiate(cfg.data), verbose=False)
+    return module.histories[0].test_results
 
 
 def main() -> None:

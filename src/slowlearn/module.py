@@ -1,32 +1,72 @@
-"""The LightningModule: SGD steps on the configured objective, metrics and diagnostics logging.
+"""The LightningModule: R >= 1 members trained as one program, one step implementation.
+
+A single run is a group of one. The members' weights are stacked (``model.MemberStack``);
+each member gathers its own mini-batch from its own data order; each objective runs once per
+cell over that cell's members; the step's loss is the SUM of the members' batch means, so
+that each member's gradient is exactly its own (a mean would divide every member's learning
+rate by R); one update (``optimizers.MemberOptimizer``) steps every member with its own lr.
+A member whose loss stops being finite is frozen and recorded as diverged; the rest go on.
 
 One Lightning batch is a chunk of K mini-batches (see ``slowlearn.data.DeviceBatches``);
-``training_step`` takes K ordinary optimiser steps through it with manual optimisation, so
-the SGD semantics are those of K separate batches while Lightning's per-batch overhead is
-paid once per K. Per-step values stay on the device and reach the loggers once per chunk:
-no host sync per step.
+``training_step`` takes K optimiser steps through it with manual optimisation, so the SGD
+semantics are those of K separate batches while Lightning's per-batch overhead is paid once
+per K. Per-step values stay on the device and reach each member's loggers once per chunk: no
+host sync per step.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.strategies import SingleDeviceStrategy
-from torch import Tensor, nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from pytorch_lightning.utilities import rank_zero_only
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
 
 from slowlearn import diagnostics
-from slowlearn.losses import ACTIVATIONS, LOSSES, check_choice, objective, probabilities
+from slowlearn.losses import ACTIVATIONS, objective, targets_like
+from slowlearn.model import MemberStack, stacked_layout
+from slowlearn.optimizers import OPTIMIZERS, MemberOptimizer, stack_optimizer_states
 
 Batch = Iterable[tuple[Tensor, Tensor]]  # one Lightning batch: a chunk of (x, y) mini-batches
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Member:
+    """What may differ between the members of a group, besides the initial weights and the
+    data order, which come from the seed."""
+
+    activation: str
+    loss: str
+    log_base: float
+    lr: float
+
+    @property
+    def cell(self) -> tuple[str, str, float]:
+        return self.activation, self.loss, self.log_base
+
+
+@dataclass
+class MemberHistory:
+    """One member's host-side record, written to its metrics.json by the entry point."""
+
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    test_results: dict[str, float] = field(default_factory=dict)
+    diverged: str = ""  # why, once its training loss was not finite
+    last_finite_loss: float = math.nan
+    last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
+    interval_sum: float = 0.0
+    interval_count: int = 0
 
 
 @dataclass
@@ -36,21 +76,31 @@ class StepRecords:
     A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
     """
 
-    losses: list[Tensor] = field(default_factory=list)
-    trace: list[Tensor] = field(default_factory=list)
-    error_signal_sums: list[Tensor] = field(default_factory=list)
-    grad_norms: list[Tensor] = field(default_factory=list)
-    grad_norm_names: list[str] = field(default_factory=list)
-    histogram: list[Tensor] = field(default_factory=list)  # per-sample |de/dz_y|, per epoch
-    interval_sum: float = 0.0
-    interval_count: int = 0
-    last_finite_loss: float = math.nan
-    last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
+    losses: list[Tensor] = field(default_factory=list)  # [R] per step
+    trace: list[Tensor] = field(default_factory=list)  # [R, 1 + scalar parameters]
+    signal_sums: list[Tensor] = field(default_factory=list)  # [R, ERROR_SIGNAL_FIELDS]
+    layer_values: list[Tensor] = field(default_factory=list)  # [R, layer fields]
+    true_class: list[Tensor] = field(default_factory=list)  # [R, B] per diagnosed step
+    unit_bias_grads: list[list[Tensor]] = field(default_factory=list)  # per layer [R, units]
+    unit_slopes: list[list[Tensor]] = field(default_factory=list)  # per sigmoid layer
     epoch_started: float = 0.0
+    evaluation_started: float = 0.0
 
 
 class Divergence(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss of every member became NaN or infinite."""
+
+
+def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
+    """All of one step's values: for TensorBoard as one event (its writer costs about 0.1 ms
+    per event, and Lightning's log_metrics writes one per value: a diagnostics window of 20
+    values for each of 18 members would cost 36 ms); other loggers as Lightning logs."""
+    if not isinstance(logger, TensorBoardLogger) or rank_zero_only.rank != 0:
+        logger.log_metrics(metrics, step)  # rank zero only, as Lightning logs
+        return
+    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+    event = Event(step=step, wall_time=time.time(), summary=Summary(value=values))
+    logger.experiment._get_file_writer().add_event(event)
 
 
 def log_base_value(base: str | float) -> float:
@@ -60,12 +110,10 @@ def log_base_value(base: str | float) -> float:
 class LitClassifier(pl.LightningModule):
     def __init__(
         self,
-        model: nn.Module,
-        optimizer: OptimizerFactory,
-        activation: str = "softmax",
-        loss: str = "nll",
-        log_base: str | float = "e",
-        num_classes: int = 10,
+        network: MemberStack,
+        members: Sequence[Member],
+        optimizer: type[MemberOptimizer],
+        optimizer_settings: dict[str, Any],
         log_every_n_steps: int = 10,
         diagnostics_every_n_steps: int = 10,
         diagnostics_window: int = 100,
@@ -73,42 +121,57 @@ class LitClassifier(pl.LightningModule):
         backward_hooks: bool = False,
     ) -> None:
         super().__init__()
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("loss", loss, LOSSES)
         self.automatic_optimization = False
-        self.model, self.optimizer_factory = model, optimizer
-        self.activation, self.loss_name = activation, loss
-        self.log_base = log_base_value(log_base)
+        self.network, self.members = network, list(members)
+        self.optimizer_class, self.optimizer_settings = optimizer, optimizer_settings
         self.log_every_n_steps = log_every_n_steps
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
         self.diagnostics_window = diagnostics_window
         self.trace = trace
         self.backward_hooks = backward_hooks
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
-        self.metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "loss": MeanMetric(),
-                        "acc": MulticlassAccuracy(max(2, num_classes), average="micro"),
-                    }
-                )
-                for stage in ("val", "test")
-            }
-        )
-        # Host-side records, written to metrics.json by the entry point.
-        self.val_history: list[dict[str, float]] = []
-        self.epoch_seconds: list[float] = []
-        self.test_results: dict[str, float] = {}
+        # Members of one cell sit side by side: each objective runs once over its slice.
+        self.cells: list[tuple[slice, Any, Any]] = []
+        start = 0
+        for stop in range(1, len(self.members) + 1):
+            if stop == len(self.members) or self.members[stop].cell != self.members[start].cell:
+                activation, loss, base = self.members[start].cell
+                outputs = ACTIVATIONS[activation].outputs
+                self.cells.append((slice(start, stop), objective(activation, loss, base), outputs))
+                start = stop
+        probabilities = [ACTIVATIONS[m.activation].log_outputs is not None for m in members]
+        self.register_buffer("probabilities", torch.tensor(probabilities), persistent=False)
+        self.sigmoid_hidden = network.hidden_activation == "sigmoid"
+        self.layer_fields = diagnostics.layer_fields(network.layer_names, self.sigmoid_hidden)
+        # Each member's own loggers (its TensorBoard run); the trainer holds all of them.
+        self.member_loggers: list[list[Logger]] = [[] for _ in self.members]
+        # Host-side records, written to each member's metrics.json by the entry point.
+        self.histories = [MemberHistory() for _ in self.members]
+        self.epoch_seconds: list[float] = []  # whole epochs: steps, logging, validation
+        # Where the time went: training steps (until validation begins) and evaluation.
+        self.seconds = {"training": 0.0, "evaluation": 0.0}
         self.records = StepRecords()
+        self.eval_sums: dict[str, Tensor] = {}
+        self.alive = torch.ones(len(self.members), dtype=torch.bool)
+
+    # ------------------------------------------------------------ the objectives
+
+    def member_losses(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """[R]: each member's batch mean of its own objective, one call per cell. ``targets``
+        are float rows shaped like the logits (``losses.targets_like``, made once per step
+        for every cell)."""
+        return torch.cat(
+            [
+                cell_objective(logits[members], targets[members])
+                for members, cell_objective, _ in self.cells
+            ]
+        )
+
+    def outputs(self, logits: Tensor) -> Tensor:
+        """o = activation(z) of every member, [R, B, c]."""
+        return torch.cat([outputs(logits[members]) for members, _, outputs in self.cells])
 
     # ------------------------------------------------------------ training
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def objective(self, logits: Tensor, target: Tensor) -> Tensor:
-        return objective(self.activation, self.loss_name, logits, target, self.log_base)
 
     def on_fit_start(self) -> None:
         # manual_backward costs about 10% of a small model's CPU step in hook calls. Where it
@@ -120,6 +183,10 @@ class LitClassifier(pl.LightningModule):
             and str(self.trainer.precision) == "32-true"
         )
 
+    def on_train_start(self) -> None:
+        if self.global_step == 0 and self.diagnostics_every_n_steps > 0:
+            self._log_initial_learning_speed()
+
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         optimizer = self.optimizers()
         records, every = self.records, self.diagnostics_every_n_steps
@@ -128,35 +195,75 @@ class LitClassifier(pl.LightningModule):
             diagnose = (
                 every > 0 and (first_step + offset) % every == 0 and not y.is_floating_point()
             )
-            logits = self.model(x)
+            logits, hidden = self.network(
+                x, keep_hidden=diagnose and self.sigmoid_hidden, training=self.alive
+            )
             if diagnose:
                 logits.retain_grad()
-            loss = self.objective(logits, y)
+            targets = targets_like(logits.detach(), y)  # one-hot rows, once for every cell
+            losses = self.member_losses(logits, targets)
+            # Freeze a member whose loss is not finite, from this step on: the backward pass
+            # and the update select its gradient away (on the device, no host sync).
+            self.alive.logical_and_(torch.isfinite(losses.detach()))
             optimizer.zero_grad(set_to_none=True)
             if self.plain_backward:
-                loss.backward()
+                losses.sum().backward()
             else:
-                self.manual_backward(loss)
+                self.manual_backward(losses.sum())
             if diagnose:
-                self._record_diagnostics(logits.detach(), y, logits.grad)
+                self._record_diagnostics(logits.detach(), y, targets, logits.grad, hidden)
             if self.trace:  # before the update: the values this step's gradient was taken at
                 self._trace_step(logits.detach())
             optimizer.step()
-            records.losses.append(loss.detach())
+            records.losses.append(losses.detach())
         self._flush_step_logs(first_step)
 
-    def _record_diagnostics(self, logits: Tensor, labels: Tensor, grad: Tensor) -> None:
-        sums, true_class = diagnostics.error_signal_sums(self.activation, logits, labels, grad)
-        names, norms = diagnostics.weight_grad_norms(self.model)
-        self.records.grad_norm_names = names
-        self.records.error_signal_sums.append(sums)
-        self.records.grad_norms.append(norms)
-        self.records.histogram.append(true_class)
+    def _record_diagnostics(
+        self, logits: Tensor, labels: Tensor, targets: Tensor, grad: Tensor, hidden: list[Tensor]
+    ) -> None:
+        labels = labels.expand(logits.shape[:-1])
+        outputs = self.outputs(logits)
+        sums, true_class = diagnostics.error_signal_sums(
+            outputs, logits, labels, grad, self.probabilities
+        )
+        layers = self.network.layer_parameters()
+        slopes = [diagnostics.sigmoid_slopes(h) for h in hidden]
+        factor = diagnostics.output_factor(grad, outputs, targets)
+        values = diagnostics.layer_values(
+            [weight.grad for _, weight, _ in layers],
+            [bias.grad for _, _, bias in layers],
+            slopes,
+            factor,
+        )
+        records = self.records
+        records.signal_sums.append(sums)
+        records.layer_values.append(values)
+        records.true_class.append(true_class)
+        records.unit_bias_grads.append(
+            [bias.grad.abs().reshape(len(bias), -1) for *_, bias in layers]
+        )
+        records.unit_slopes.append([slope.mean(dim=1) for slope in slopes])
 
     def _trace_step(self, logits: Tensor) -> None:
-        scalars = [probabilities(self.activation, logits).mean()]
-        scalars += [p.detach().reshape(()) for p in self.model.parameters() if p.numel() == 1]
-        self.records.trace.append(torch.stack(scalars))
+        columns = [self.outputs(logits).flatten(1).mean(dim=1)]
+        columns += [p.detach() for p in self.network.stacked if p.dim() == 1]
+        self.records.trace.append(torch.stack(columns, dim=1))
+
+    def _log_initial_learning_speed(self) -> None:
+        """Each layer's ||dC/db|| at the initial weights, over a fixed set of training images
+        (Nielsen's "speed of learning"), logged at step 0 under the tags of the windows."""
+        sample = getattr(self.trainer.datamodule, "fixed_training_sample", None)
+        if sample is None:
+            return
+        x, y = sample()
+        logits, _ = self.network(x)
+        biases = [bias for _, _, bias in self.network.layer_parameters()]
+        losses = self.member_losses(logits, targets_like(logits, y))
+        grads = torch.autograd.grad(losses.sum(), biases)
+        norms = torch.stack([diagnostics.member_norms(g) for g in grads], dim=1).tolist()
+        for member, row in enumerate(norms):
+            names = [f"diag/bias_grad_norm/{name}" for name in self.network.layer_names]
+            self._log(member, dict(zip(names, row, strict=True)), 0)
 
     def _flush_step_logs(self, first_step: int) -> None:
         """Send this chunk's per-step values to the loggers: one host sync per chunk.
@@ -165,97 +272,179 @@ class LitClassifier(pl.LightningModule):
         x-axis as validation: the loss at step 0 is the loss of the initial weights.
         """
         records = self.records
-        losses = torch.stack(records.losses).tolist()
-        for step, value in enumerate(losses, start=first_step):
-            if not math.isfinite(value):
-                raise Divergence(
-                    f"training loss is {value} at step {step}; "
-                    f"last finite loss {records.last_finite_loss:.6g}"
-                )
-            records.last_finite_loss = value
-            records.interval_sum += value
-            records.interval_count += 1
-            if (step + 1) % self.log_every_n_steps == 0:
-                records.last_logged_loss = records.interval_sum / records.interval_count
-                self._log({"train/loss": records.last_logged_loss}, step)
-                records.interval_sum, records.interval_count = 0.0, 0
+        losses = torch.stack(records.losses).T.tolist()  # [R][K]
+        for member, (history, values) in enumerate(zip(self.histories, losses, strict=True)):
+            if history.diverged:
+                continue
+            for step, value in enumerate(values, start=first_step):
+                if not math.isfinite(value):
+                    history.diverged = (
+                        f"training loss is {value} at step {step}; "
+                        f"last finite loss {history.last_finite_loss:.6g}"
+                    )
+                    break
+                history.last_finite_loss = value
+                history.interval_sum += value
+                history.interval_count += 1
+                if (step + 1) % self.log_every_n_steps == 0:
+                    history.last_logged_loss = history.interval_sum / history.interval_count
+                    self._log(member, {"train/loss": history.last_logged_loss}, step)
+                    history.interval_sum, history.interval_count = 0.0, 0
         if records.trace:
             names = ["train/output"] + [
-                f"param/{name}" for name, p in self.model.named_parameters() if p.numel() == 1
+                f"param/{name}"
+                for name, p in zip(self.network.names, self.network.stacked, strict=True)
+                if p.dim() == 1
             ]
-            for step, row in enumerate(torch.stack(records.trace).tolist(), first_step):
-                self._log(dict(zip(names, row, strict=True)), step)
-        self.log("loss", losses[-1], prog_bar=True, logger=False)
+            traced = torch.stack(records.trace, dim=1).tolist()  # [R][K][columns]
+            for member, rows in enumerate(traced):
+                for step, row in enumerate(rows, first_step):
+                    self._log(member, dict(zip(names, row, strict=True)), step)
         records.losses.clear()
         records.trace.clear()
-        diagnosed_steps = len(records.error_signal_sums) * self.diagnostics_every_n_steps
+        self._show_progress(losses)
+        if all(history.diverged for history in self.histories):
+            raise Divergence(
+                self.histories[0].diverged
+                if len(self.histories) == 1
+                else ("every member's training loss stopped being finite")
+            )
+        diagnosed_steps = len(records.signal_sums) * self.diagnostics_every_n_steps
         if diagnosed_steps >= self.diagnostics_window:
             self._flush_diagnostics()
 
+    def _show_progress(self, losses: list[list[float]]) -> None:
+        """The progress bar's values: the loss of a single run, the number of members still
+        training in a group (their objectives differ: a mean would mean nothing)."""
+        if len(self.members) == 1:
+            self.log("loss", losses[0][-1], prog_bar=True, logger=False)
+        else:
+            training = sum(not history.diverged for history in self.histories)
+            self.log("members", float(training), prog_bar=True, logger=False)
+
     def _flush_diagnostics(self) -> None:
         records = self.records
-        if not records.error_signal_sums:
+        if not records.signal_sums:
             return
-        sums = torch.stack(records.error_signal_sums).sum(dim=0)
-        metrics = {f"diag/{name}": value for name, value in diagnostics.window_means(sums).items()}
-        norms = torch.stack(records.grad_norms).mean(dim=0).tolist()
-        metrics |= {
-            f"diag/grad_norm/{name}": value
-            for name, value in zip(records.grad_norm_names, norms, strict=True)
-        }
-        self._log(metrics, self.global_step)
-        records.error_signal_sums.clear()
-        records.grad_norms.clear()
+        sums = torch.stack(records.signal_sums).sum(dim=0).tolist()
+        values = torch.stack(records.layer_values).mean(dim=0).tolist()
+        for member, history in enumerate(self.histories):
+            if history.diverged:
+                continue
+            metrics = diagnostics.window_means(sums[member])
+            metrics |= dict(zip(self.layer_fields, values[member], strict=True))
+            self._log(member, {f"diag/{name}": v for name, v in metrics.items()}, self.global_step)
+        records.signal_sums.clear()
+        records.layer_values.clear()
 
-    def _log(self, metrics: dict[str, float], step: int) -> None:
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step)
+    def _log(self, member: int, metrics: dict[str, float], step: int) -> None:
+        for logger in self.member_loggers[member]:
+            log_scalars(logger, metrics, step)
 
-    def on_train_epoch_start(self) -> None:
-        self.records.epoch_started = time.perf_counter()
+    def _log_histograms(self) -> None:
+        """Per epoch: the per-sample |de/dz_y|, and per layer the per-unit mean |dC/db_j| and
+        (sigmoid layers) mean slope, each under a tag that no scalar uses."""
+        records = self.records
+        if not records.true_class:
+            return
+        series = {"hist/error_signal_true_class": torch.cat(records.true_class, dim=1)}
+        names = self.network.layer_names
+        for index, name in enumerate(names):
+            units = torch.stack([step[index] for step in records.unit_bias_grads]).mean(dim=0)
+            series[f"hist/bias_grad/{name}"] = units
+        for index, name in enumerate(names[:-1] if records.unit_slopes[0] else []):
+            units = torch.stack([step[index] for step in records.unit_slopes]).mean(dim=0)
+            series[f"hist/sigmoid_slope/{name}"] = units
+        for member, history in enumerate(self.histories):
+            if history.diverged:
+                continue
+            for logger in self.member_loggers[member]:
+                if isinstance(logger, TensorBoardLogger):
+                    for tag, values in series.items():
+                        logger.experiment.add_histogram(tag, values[member], self.global_step)
+        records.true_class.clear()
+        records.unit_bias_grads.clear()
+        records.unit_slopes.clear()
 
-    def on_train_epoch_end(self) -> None:
+    def clock(self) -> float:
+        """Now, once the device has caught up (a CUDA step may still be running)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.epoch_seconds.append(time.perf_counter() - self.records.epoch_started)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self) -> None:
+        self.records.epoch_started = self.records.evaluation_started = self.clock()
+
+    def on_validation_start(self) -> None:
+        now = self.clock()
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.seconds["training"] += now - self.records.epoch_started
+        self.records.evaluation_started = now
+
+    def on_validation_end(self) -> None:
+        self.seconds["evaluation"] += self.clock() - self.records.evaluation_started
+
+    on_test_start = on_validation_start
+    on_test_end = on_validation_end
+
+    def on_train_epoch_end(self) -> None:
+        now = self.clock()
+        if self.records.evaluation_started == self.records.epoch_started:  # no validation
+            self.seconds["training"] += now - self.records.epoch_started
+        self.epoch_seconds.append(now - self.records.epoch_started)
         self._flush_diagnostics()
-        if self.records.histogram:
-            values = torch.cat(self.records.histogram)
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_histogram(
-                        "diag/error_signal/true_class", values, self.global_step
-                    )
-            self.records.histogram.clear()
-        self._log(
-            {"time/epoch_seconds": self.epoch_seconds[-1], "epoch": self.current_epoch},
-            self.global_step,
-        )
+        self._log_histograms()
+        for member, history in enumerate(self.histories):
+            if not history.diverged:
+                metrics = {
+                    "time/epoch_seconds": self.epoch_seconds[-1],
+                    "epoch": self.current_epoch,
+                }
+                self._log(member, metrics, self.global_step)
 
     # ------------------------------------------------------------ evaluation
 
-    def _predictions(self, logits: Tensor) -> Tensor:
-        return logits.argmax(dim=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    @staticmethod
+    def predictions(logits: Tensor) -> Tensor:
+        return logits.argmax(dim=-1) if logits.shape[-1] > 1 else (logits[..., 0] > 0).long()
 
     def _evaluate(self, stage: str, batch: Batch) -> None:
-        metrics = self.metrics[stage]
+        """One batch for all members: never copied once per member."""
         for x, y in batch:
-            logits = self.model(x)
-            metrics["loss"].update(self.objective(logits, y), weight=len(y))
+            logits, _ = self.network(x)
             labels = y if not y.is_floating_point() else y.reshape(-1).long()
-            metrics["acc"].update(self._predictions(logits), labels)
+            count = logits.new_full((len(self.members),), len(labels))
+            sums = [
+                self.member_losses(logits, targets_like(logits, y)) * count,
+                (self.predictions(logits) == labels).to(logits.dtype).sum(dim=-1),
+                count,
+            ]
+            if self.trace:  # the mean output: the neuron's final o
+                sums.append(self.outputs(logits).flatten(1).mean(dim=1) * count)
+            sums = torch.stack(sums, dim=1)
+            self.eval_sums[stage] = (
+                self.eval_sums[stage] + sums if stage in self.eval_sums else sums
+            )
 
-    def _log_evaluation(self, stage: str) -> dict[str, float]:
-        metrics = self.metrics[stage]
-        values = {f"{stage}/{name}": metric.compute() for name, metric in metrics.items()}
-        for metric in metrics.values():
-            metric.reset()
-        # For the progress bar and callbacks; the loggers get the values at the optimiser
-        # step, the x-axis of every curve (Lightning's own would count chunks).
-        self.log_dict(values, prog_bar=True, logger=False)
-        values = {name: float(value) for name, value in values.items()}
-        self._log(values, self.global_step)
-        return values
+    def _log_evaluation(self, stage: str) -> list[dict[str, float]]:
+        """Each member's loss and accuracy over the stage's samples, logged at the optimiser
+        step, the x-axis of every curve (Lightning's own would count chunks)."""
+        rows = self.eval_sums.pop(stage).tolist()
+        results = []
+        for member, row in enumerate(rows):
+            values = {f"{stage}/loss": row[0] / row[2], f"{stage}/acc": row[1] / row[2]}
+            if self.trace:
+                values[f"{stage}/output"] = row[3] / row[2]
+            results.append(values)
+            if not self.histories[member].diverged:
+                self._log(member, values, self.global_step)
+        training = [r for r, h in zip(results, self.histories, strict=True) if not h.diverged]
+        if len(results) == 1:  # for the progress bar and callbacks
+            self.log_dict(results[0], prog_bar=True, logger=False)
+        elif training:
+            best = max(values[f"{stage}/acc"] for values in training)
+            self.log(f"{stage}/best_acc", best, prog_bar=True, logger=False)
+        return results
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         # A second validation loader, if any, is the test set watched every epoch (Nielsen's
@@ -263,30 +452,110 @@ class LitClassifier(pl.LightningModule):
         self._evaluate(("val", "test")[dataloader_idx], batch)
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_evaluation("val")
-        if self.metrics["test"]["acc"].update_called:
-            values |= self._log_evaluation("test")
-        if not self.trainer.sanity_checking:
-            self.val_history.append(
-                {"epoch": self.current_epoch + 1, "step": self.global_step} | values
-            )
+        results = self._log_evaluation("val")
+        if "test" in self.eval_sums:
+            results = [v | t for v, t in zip(results, self._log_evaluation("test"), strict=True)]
+        if self.trainer.sanity_checking:
+            return
+        for history, values in zip(self.histories, results, strict=True):
+            if not history.diverged:
+                history.val_history.append(
+                    {"epoch": self.current_epoch + 1, "step": self.global_step} | values
+                )
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_evaluation("test")
+        for history, values in zip(self.histories, self._log_evaluation("test"), strict=True):
+            history.test_results = values
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["slowlearn"] = {
-            "val_history": self.val_history,
-            "epoch_seconds": self.epoch_seconds,
+    # ------------------------------------------------------------ checkpoints
+
+    def member_checkpoint(self, checkpoint: dict[str, Any], member: int) -> dict[str, Any]:
+        """A single run's checkpoint of ``member``, from the group's: its own weights under a
+        single run's keys (``model.0.weight``, ...), its optimizer state in torch.optim's
+        format and its own records. Stacking exists in memory only."""
+        state = {f"model.{name}": t for name, t in self.network.member_state(member).items()}
+        history = self.histories[member]
+        return checkpoint | {
+            "state_dict": state,
+            "optimizer_states": [self.optimizers().optimizer.member_state_dict(member)],
+            "slowlearn": {"val_history": history.val_history, "epoch_seconds": self.epoch_seconds},
         }
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def load_member_weights(self, checkpoints: Sequence[dict[str, Any]]) -> None:
+        """Set each member's weights from its single-run checkpoint."""
+        self.network.load_member_states(
+            [
+                {key.removeprefix("model."): t for key, t in c["state_dict"].items()}
+                for c in checkpoints
+            ]
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume from a single run's checkpoint (a group of one): its weights and optimizer
+        state in this module's stacked layout, and its records."""
+        state = checkpoint["state_dict"]
+        if any(key.startswith("model.") for key in state):
+            checkpoint["state_dict"] = {
+                f"network.stacked.{index}": stacked_layout(state[f"model.{name}"]).unsqueeze(0)
+                for index, name in enumerate(self.network.names)
+            }
+            checkpoint["optimizer_states"] = [
+                stack_optimizer_states(checkpoint["optimizer_states"][:1])
+            ]
         records = checkpoint.get("slowlearn", {})
-        self.val_history = records.get("val_history", [])
+        self.histories[0].val_history = records.get("val_history", [])
         self.epoch_seconds = records.get("epoch_seconds", [])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.model.parameters())
+    def configure_optimizers(self) -> MemberOptimizer:
+        optimizer = self.optimizer_class(
+            list(self.network.stacked),
+            [member.lr for member in self.members],
+            selected=self.network.input_layer_parameters(),
+            **self.optimizer_settings,
+        )
+        self.alive = optimizer.alive  # the mask that training_step clears and step() reads
+        return optimizer
+
+
+# The keys of a config's ``module`` node that the module takes (runs from before the batched
+# launcher saved a few more, which the module now derives).
+MODULE_SETTINGS = (
+    "log_every_n_steps",
+    "diagnostics_every_n_steps",
+    "diagnostics_window",
+    "trace",
+    "backward_hooks",
+)
+
+
+def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
+    """One module for the runs of these configs, which may differ only in what a member may
+    differ in (``slowlearn.groups``); one config gives a single run.
+
+    Each member's initial weights are drawn exactly as its own run draws them: the global RNG
+    seeded with its seed, then its model built.
+    """
+    networks = []
+    for cfg in cfgs:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        networks.append(instantiate(cfg.model))
+    members = [
+        Member(
+            cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.optimizer.lr
+        )
+        for cfg in cfgs
+    ]
+    first = cfgs[0]
+    optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
+    settings = {k: v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "lr")}
+    module = first.get("module") or {}
+    return LitClassifier(
+        MemberStack(networks),
+        members,
+        OPTIMIZERS[optimizer["_target_"]],
+        settings,
+        **{key: module[key] for key in MODULE_SETTINGS if key in module},
+    )

@@ -1,18 +1,23 @@
-"""The Hydra entry point: compose, check, wire, train, test, and write metrics.json.
+"""The Hydra entry point: prepare a run, train and test it, write its record.
 
-python -m slowlearn.train activation=sigmoid loss=mse
-python -m slowlearn.train -m experiment=ablation
+    python -m slowlearn.train activation=sigmoid loss=mse
+    python -m slowlearn.train -m experiment=ablation hydra/launcher=batched
+
+``prepare``, ``train_and_test`` and ``write_record`` take the config and the output folder as
+arguments and never read HydraConfig: the batched launcher (``hydra_plugins/
+slowlearn_batched_launcher``) prepares many jobs in one process and trains each group of them
+through ``train_and_test``, the code that a single run goes through as a group of one.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import logging
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Mapping
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +26,39 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.utilities import rank_zero_only
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from slowlearn.data import DATASETS, write_atomically
-from slowlearn.losses import ACTIVATIONS, LOSSES
-from slowlearn.model import HIDDEN_ACTIVATIONS, INITS
-from slowlearn.module import Divergence, LitClassifier
+from slowlearn.checkpoints import LAST, MemberCheckpoints
+from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.module import Divergence, build_module
+from slowlearn.naming import register_resolvers
+from slowlearn.prepare import DataError
+from slowlearn.progress import StepProgressBar
+from slowlearn.records import log_hparams, read_metrics, record_failure, summarise, write_metrics
 
-VAL_ACC_TARGET = 0.9  # "steps to 90% val accuracy": how fast an objective learns
-HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
+RESUME_MAY_CHANGE = ("trainer.max_epochs", "threads")  # the rest is the run's own config
+# Failures whose one-line message says everything; any other is a bug, and its traceback goes
+# to the run folder's error.log.
+EXPLAINED = (ConfigError, DataError)
+
+register_resolvers()
+
+
+class NoAdvertisement(logging.Filter):
+    """Lightning prints a tip for a hosted logging service at every run; this is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(NoAdvertisement())
+
+
+# ------------------------------------------------------------------ cores and devices
 
 
 def available_cores() -> int:
@@ -44,11 +68,10 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def cores_per_job() -> int:
+def cores_per_job(hydra_cfg: DictConfig) -> int:
     """The cores one job of this sweep may use: submitit's cpus_per_task when set, else the
     cores split between joblib's n_jobs parallel jobs (negative n_jobs counts as joblib does:
     -1 is one job per core)."""
-    hydra_cfg = HydraConfig.get()
     cores = available_cores()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return cores
@@ -67,14 +90,6 @@ def processes_started_by_lightning(trainer: pl.Trainer) -> int:
     return trainer.num_devices if isinstance(environment, LightningEnvironment) else 1
 
 
-def configure_threads(cfg: DictConfig, processes: int) -> int:
-    """Split the job's cores between its processes: oversubscribed torch processes run many
-    times slower than one (two processes of 2 threads on 2 cores: about 9x)."""
-    threads = cfg.threads or max(1, cores_per_job() // processes)
-    torch.set_num_threads(threads)
-    return threads
-
-
 def round_robin_devices(
     accelerator: str, devices: Any, job_num: int | None, n_gpus: int
 ) -> list[int] | None:
@@ -87,198 +102,28 @@ def round_robin_devices(
     return [job_num % n_gpus]
 
 
-def summarise(module: LitClassifier) -> dict[str, Any]:
-    """The final metrics: test accuracy, best val accuracy and how fast the target was hit."""
-    history, test = module.val_history, module.test_results
-    reached = next((h for h in history if h["val/acc"] >= VAL_ACC_TARGET), None)
-    return {
-        "test_acc": test.get("test/acc"),
-        "test_loss": test.get("test/loss"),
-        "best_val_acc": max((h["val/acc"] for h in history), default=None),
-        "final_val_acc": history[-1]["val/acc"] if history else None,
-        "epoch_to_90_val_acc": reached["epoch"] if reached else None,
-        "step_to_90_val_acc": reached["step"] if reached else None,
-        "final_train_loss": module.records.last_logged_loss,  # mean of the last window
-        "val_history": history,
-        "epoch_seconds": module.epoch_seconds,
-    }
+# ------------------------------------------------------------------ prepare
 
 
-# The settings that tell runs apart: name -> key in the config. TensorBoard's HPARAMS tab and
-# the report's summary.csv both show them.
-RUN_SETTINGS = {
-    "activation": "activation.name",
-    "loss": "loss.name",
-    "init": "model.init",
-    "hidden_sizes": "model.hidden_sizes",
-    "hidden_activation": "model.hidden_activation",
-    "optimizer": "optimizer._target_",
-    "lr": "optimizer.lr",
-    "momentum": "optimizer.momentum",
-    "batch_size": "data.batch_size",
-    "dataset": "data.dataset",
-    "max_epochs": "trainer.max_epochs",
-    "seed": "seed",
-}
+@dataclass
+class Job:
+    """One run, ready to train: its resolved config and where it writes."""
 
+    cfg: DictConfig
+    job_dir: Path  # Hydra's folder of this invocation (a resume keeps it inside the run's)
+    checkpoint: Path | None = None  # resume from here
 
-def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The RUN_SETTINGS of a plain config (None where one does not apply), the optimizer by
-    its class name."""
-    values = {}
-    for name, key in RUN_SETTINGS.items():
-        value: Any = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        values[name] = value
-    values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
-    return values
-
-
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings for TensorBoard's HPARAMS tab. Every run names every column, "none" where
-    a setting does not apply (Adam's momentum, the neuron's init): TensorBoard takes the
-    columns of a sweep from one arbitrary run."""
-    settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
-    return {name: "none" if value is None else value for name, value in settings.items()}
-
-
-def log_hparams(loggers: list, cfg: DictConfig, summary: dict[str, Any]) -> None:
-    """The HPARAMS tab's data: the settings, the metric columns, and this run's values.
-
-    Every run declares all four metric columns, also one it has no value for (90% never
-    reached): TensorBoard takes the columns of the whole sweep from one arbitrary run.
-    """
-    tags = {name: f"hparams/{name}" for name in HPARAM_METRICS}
-    metrics = {
-        tags[name]: float(summary[name])
-        for name in HPARAM_METRICS
-        if summary.get(name) is not None and math.isfinite(float(summary[name]))
-    }
-    # TensorBoard takes numbers, strings and bools; the rest (hidden_sizes, a ListConfig) as
-    # text, as Lightning's log_hyperparams would.
-    params = {
-        name: value if isinstance(value, bool | int | float | str) else str(value)
-        for name, value in hparams(cfg).items()
-    }
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_metrics(metrics, step=0)
-            # What Lightning's log_hyperparams writes, with every column declared.
-            writer = logger.experiment._get_file_writer()
-            for summary_proto in hparams_summaries(params, dict.fromkeys(tags.values())):
-                writer.add_summary(summary_proto)
-
-
-@rank_zero_only  # with DDP every rank runs main(); the run folder has one metrics.json
-def write_metrics(output_dir: Path, record: dict[str, Any]) -> None:
-    write_atomically(output_dir / "metrics.json", json.dumps(record, indent=2).encode())
-
-
-class ConfigError(ValueError):
-    """A config value that is not allowed: one line naming the key, the value and the choices."""
-
-
-TRAINING_SET_SIZE = 60_000  # MNIST and Fashion-MNIST alike
-RESUME_MAY_CHANGE = ("trainer.max_epochs", "threads")  # the rest is the run's own config
-
-
-def folder_is_writable(folder: str) -> bool:
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail fast, before any data or training work, on a value that cannot work."""
-
-    def require(ok: bool, key: str, allowed: str) -> None:
-        if not ok:
-            value = OmegaConf.select(cfg, key)
-            shown = list(value) if isinstance(value, ListConfig) else value
-            raise ConfigError(f"{key}={shown!r} is not allowed: {allowed}")
-
-    def number(key: str) -> Any:
-        value = OmegaConf.select(cfg, key)
-        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    def positive(key: str, integer: bool = False) -> None:
-        value = number(key)
-        ok = value is not None and value > 0 and (isinstance(value, int) or not integer)
-        require(ok, key, "a positive integer" if integer else "a positive number")
-
-    def one_of(key: str, choices: Iterable[str]) -> None:
-        require(OmegaConf.select(cfg, key) in choices, key, f"one of {', '.join(choices)}")
-
-    one_of("activation.name", ACTIVATIONS)
-    one_of("loss.name", LOSSES)
-    base = OmegaConf.select(cfg, "loss.log_base")
-    require(
-        base == "e" or (number("loss.log_base") is not None and base > 0 and base != 1),
-        "loss.log_base",
-        "e, or a positive number other than 1 (2 gives bits)",
-    )
-    positive("optimizer.lr")
-    if OmegaConf.select(cfg, "optimizer.momentum") is not None:
-        momentum = number("optimizer.momentum")
-        require(momentum is not None and momentum >= 0, "optimizer.momentum", "0 or more")
-    if cfg.get("threads") is not None:
-        positive("threads", integer=True)
-    for key in ("module.log_every_n_steps", "module.diagnostics_window"):
-        positive(key, integer=True)
-    every = number("module.diagnostics_every_n_steps")
-    require(
-        isinstance(every, int) and every >= 0,
-        "module.diagnostics_every_n_steps",
-        "0 (off) or a positive integer",
-    )
-    try:
-        get_class(cfg.optimizer._target_)
-    except Exception:  # noqa: BLE001 - any import failure means the same to the user
-        require(False, "optimizer._target_", "an importable optimizer class, e.g. torch.optim.SGD")
-    positive("trainer.max_epochs", integer=True)
-    model, data = cfg.model, cfg.data
-    if "hidden_sizes" in model:
-        sizes = model.hidden_sizes
-        require(
-            isinstance(sizes, ListConfig)
-            and len(sizes) > 0
-            and all(isinstance(size, int) and size > 0 for size in sizes),
-            "model.hidden_sizes",
-            "a non-empty list of positive integers, e.g. [100, 100]",
-        )
-    if "hidden_activation" in model:
-        one_of("model.hidden_activation", HIDDEN_ACTIVATIONS)
-    if "init" in model:
-        one_of("model.init", INITS)
-    if "dataset" in data:
-        one_of("data.dataset", DATASETS)
-    for key in ("batch_size", "steps_per_chunk", "eval_batch_size", "steps"):
-        if key in data:
-            positive(f"data.{key}", integer=True)
-    if "split" in data:
-        one_of("data.split", ("random", "tail"))
-    if "val_size" in data:
-        value = number("data.val_size")
-        require(
-            isinstance(value, int) and 0 < value < TRAINING_SET_SIZE,
-            "data.val_size",
-            f"1 to {TRAINING_SET_SIZE - 1} (the training set has {TRAINING_SET_SIZE} samples)",
-        )
-    if "dir" in data:
-        require(
-            folder_is_writable(data.dir), "data.dir", "a folder that can be created and written"
-        )
+    @property
+    def run_dir(self) -> Path:
+        """Where checkpoints, events and metrics.json go: the job folder, or the resumed run."""
+        return Path(self.cfg.run_dir)
 
 
 def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfig, Path]:
     """The config of the run in ``cfg.resume`` and its last checkpoint. Only the settings in
     RESUME_MAY_CHANGE may be overridden: a continued run is the same experiment."""
     run_dir = Path(cfg.resume)
-    saved, checkpoint = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    saved, checkpoint = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / LAST
     if not saved.is_file():
         raise ConfigError(f"resume={str(run_dir)!r} is not allowed: not a run folder (no {saved})")
     if not checkpoint.is_file():
@@ -299,8 +144,15 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
         )
     resumed = OmegaConf.load(saved)
     resumed.resume = str(run_dir)
+    # Its name as its sweep gave it (the name of a sweep's member depends on the sweep).
+    resumed.run_name = read_metrics(run_dir).get("run_name", resumed.get("run_name"))
     for override in changed:
         OmegaConf.update(resumed, key_of(override), OmegaConf.select(cfg, key_of(override)))
+    # Runs from before the batched launcher had ModelCheckpoint callbacks; their checkpoints
+    # are slowlearn.checkpoints' now, in the same format.
+    callbacks = resumed.get("callbacks") or {}
+    for name in [n for n, c in callbacks.items() if "ModelCheckpoint" in str(c.get("_target_"))]:
+        del callbacks[name]
     saved_state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     epochs_done = saved_state["epoch"] + 1
     if epochs_done >= resumed.trainer.max_epochs:  # nothing to train: keep its results as they are
@@ -316,123 +168,212 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
     return resumed, checkpoint
 
 
-def instantiate_run(
-    cfg: DictConfig, **trainer_kwargs: Any
-) -> tuple[pl.LightningDataModule, LitClassifier, list[Logger], pl.Trainer]:
-    """A run's objects from its config; the benchmark builds its Lightning runs with this too."""
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    module = instantiate(cfg.module, model=model, optimizer=instantiate(cfg.optimizer))
-    loggers = [instantiate(logger) for logger in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(callback) for callback in cfg.get("callbacks", {}).values()]
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, **trainer_kwargs)
-    return datamodule, module, loggers, trainer
+def prepare(cfg: DictConfig, job_dir: Path, overrides: Sequence[str]) -> Job:
+    """Check a run's config and resolve it, before any data or training work. Raises
+    ConfigError with one line naming the bad value."""
+    checkpoint = None
+    if not OmegaConf.is_missing(cfg, "resume"):
+        cfg, checkpoint = resumed_config(cfg, overrides)
+    check_config(cfg)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # this job's paths, now
+    job = Job(cfg, job_dir, checkpoint)
+    # With DDP, Lightning re-runs this command for the other ranks, in rank 0's folder.
+    if checkpoint is None and rank_zero_only.rank == 0 and (job.run_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"run folder {job.run_dir} already holds a run; resume it with "
+            f"resume={job.run_dir}, or start a new one elsewhere"
+        )
+    return job
+
+
+def record_unexpected(run_dir: Path, error: BaseException) -> str:
+    """The one-line message of a failure; a bug also leaves its traceback in error.log."""
+    message = f"{type(error).__name__}: {error}"
+    if isinstance(error, EXPLAINED):
+        return message
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
+    return f"{message} (traceback in {run_dir / 'error.log'})"
+
+
+# ------------------------------------------------------------------ train and test
+
+
+@dataclass
+class Outcome:
+    """How one run's training ended, with what it measured."""
+
+    status: str
+    error: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)  # threads, device, wall time ...
+    loggers: list[Logger] = field(default_factory=list)
+
+
+def configure_threads(cfg: DictConfig, cores: int, processes: int) -> int:
+    """Split the job's cores between its processes: oversubscribed torch processes run many
+    times slower than one (two processes of 2 threads on 2 cores: about 9x)."""
+    threads = cfg.threads or max(1, cores // processes)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def running_record(job: Job, threads: int, group_size: int) -> dict[str, Any]:
+    return {
+        "status": "running",
+        "run_name": job.cfg.run_name,
+        "output_dir": str(job.run_dir),
+        "threads": threads,
+        "group_size": group_size,  # members trained together in one program
+        "config": OmegaConf.to_container(job.cfg),
+    }
+
+
+def train_and_test(
+    jobs: Sequence[Job], cores: int, in_sweep: bool = False, devices: list[int] | None = None
+) -> list[Outcome]:
+    """Train R >= 1 jobs as one program and test them; one Outcome per job, in order.
+
+    The jobs' configs may differ only in what a member may differ in (``slowlearn.groups``).
+    Raises ConfigError, before any training, for a setup that cannot run.
+    """
+    first = jobs[0].cfg
+    module = build_module([job.cfg for job in jobs])
+    seeds = [job.cfg.seed for job in jobs]
+    datamodule = instantiate(first.data, **({"seed": seeds} if "seed" in first.data else {}))
+    module.member_loggers = [
+        [instantiate(logger) for logger in job.cfg.get("logger", {}).values()] for job in jobs
+    ]
+    callbacks = [instantiate(callback) for callback in first.get("callbacks", {}).values()]
+    checkpoints = MemberCheckpoints([job.run_dir for job in jobs])
+    callbacks.append(checkpoints)
+    if first.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
+    trainer = instantiate(
+        first.trainer,
+        logger=[logger for loggers in module.member_loggers for logger in loggers],
+        callbacks=callbacks,
+        enable_checkpointing=False,  # slowlearn.checkpoints writes each member's own
+        **({"devices": devices} if devices else {}),
+    )
+    processes = processes_started_by_lightning(trainer)
+    if in_sweep and processes > 1:
+        # Lightning's DDP launcher starts each extra process by re-running this command
+        # line, which here is the whole sweep.
+        raise ConfigError(
+            "a sweep cannot start DDP processes itself: run trainer=ddp as a single run, "
+            "or sweep with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>"
+        )
+    threads = configure_threads(first, cores, processes)
+    if rank_zero_only.rank == 0:
+        for job in jobs:
+            write_metrics(job.run_dir, running_record(job, threads, len(jobs)))
+
+    status, errors = "completed", [""] * len(jobs)
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=jobs[0].checkpoint)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except Divergence:
+        status = "diverged"  # every member: each one's own message is in its history
+    except (KeyboardInterrupt, SystemExit) as interruption:
+        # Lightning turns Ctrl-C into a graceful shutdown that ends in SystemExit(1).
+        status, errors = "interrupted", [repr(interruption)] * len(jobs)
+    except Exception as failure:  # noqa: BLE001 - recorded in each member's folder
+        status = "failed"
+        errors = [record_unexpected(job.run_dir, failure) for job in jobs]
+    wall_seconds = time.perf_counter() - started
+    outcomes = []
+    members = zip(module.histories, module.member_loggers, errors, strict=True)
+    for history, loggers, member_error in members:
+        member_status = status
+        if history.diverged and status != "interrupted":
+            member_status, member_error = "diverged", history.diverged
+        extra = (
+            {"final_output": history.test_results["test/output"]}
+            if module.trace and ("test/output" in history.test_results)
+            else {}
+        )
+        metrics = summarise(
+            history.val_history,
+            history.test_results,
+            module.epoch_seconds,
+            history.last_logged_loss,
+            extra,
+        )
+        record = {
+            "wall_seconds": wall_seconds,
+            # Where the group's time went (a member of a group shares its group's).
+            "seconds": {
+                "data": getattr(datamodule, "seconds", 0.0),
+                **module.seconds,
+                "checkpoints": checkpoints.seconds,
+            },
+            "data_source": getattr(datamodule, "source", ""),
+            "device": str(trainer.strategy.root_device),  # the module is back on the CPU now
+        }
+        outcomes.append(Outcome(member_status, member_error, metrics, record, loggers))
+    return outcomes
+
+
+# ------------------------------------------------------------------ record
+
+
+@rank_zero_only  # with DDP every rank runs main(); the run folder has one metrics.json
+def write_record(job: Job, outcome: Outcome) -> None:
+    """metrics.json with the run's status and metrics, the HPARAMS tab, closed event files."""
+    record = read_metrics(job.run_dir) | outcome.record
+    record |= {"status": outcome.status, "metrics": outcome.metrics}
+    if outcome.error:
+        record["error"] = outcome.error
+    write_metrics(job.run_dir, record)
+    if outcome.status == "completed":
+        log_hparams(outcome.loggers, job.cfg, outcome.metrics)
+    for logger in outcome.loggers:
+        logger.finalize(outcome.status)
+
+
+def result_line(job: Job, outcome: Outcome) -> str:
+    """What a finished run prints: test accuracy, or a single sample's output and cost."""
+    metrics = outcome.metrics
+    if "final_output" in metrics:  # the neuron: accuracy on one sample means nothing
+        measured = f"final output {metrics['final_output']:.4f}, cost {metrics['test_loss']:.4f}"
+    else:
+        measured = f"test accuracy {metrics['test_acc']:.4f}"
+    return f"{job.cfg.run_name}: {measured}; run folder {job.run_dir}"
+
+
+def failure_message(job: Job, outcome: Outcome) -> str:
+    return f"run {outcome.status}: {outcome.error} ({job.run_dir})"
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    checkpoint = None
+    job_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        if not OmegaConf.is_missing(cfg, "resume"):
-            cfg, checkpoint = resumed_config(cfg, hydra_cfg.overrides.task)
-        check_config(cfg)
-        output_dir = Path(cfg.run_dir)
-        # With DDP, Lightning re-runs this command for the other ranks, in rank 0's folder.
-        rank_zero = rank_zero_only.rank == 0
-        if checkpoint is None and rank_zero and (output_dir / "metrics.json").exists():
-            raise ConfigError(
-                f"run folder {output_dir} already holds a run; resume it with "
-                f"resume={output_dir}, or start a new one elsewhere"
-            )
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        job = prepare(cfg, job_dir, hydra_cfg.overrides.task)
         job_num = hydra_cfg.job.num if sweep else None
         gpu = round_robin_devices(
-            cfg.trainer.accelerator, cfg.trainer.devices, job_num, torch.cuda.device_count()
+            job.cfg.trainer.accelerator, job.cfg.trainer.devices, job_num, torch.cuda.device_count()
         )
-        datamodule, module, loggers, trainer = instantiate_run(
-            cfg, **({"devices": gpu} if gpu else {})
-        )
-        processes = processes_started_by_lightning(trainer)
-        if sweep and processes > 1:
-            # Lightning's DDP launcher starts each extra process by re-running this command
-            # line, which here is the whole sweep.
-            raise ConfigError(
-                "a sweep cannot start DDP processes itself: run trainer=ddp as a single run, "
-                "or sweep with hydra/launcher=slurm and hydra.launcher.tasks_per_node=<devices>"
-            )
+        (outcome,) = train_and_test([job], cores_per_job(hydra_cfg), in_sweep=sweep, devices=gpu)
     except Exception as error:
-        if not sweep:
-            sys.exit(f"error: {error}")
-        # The report and whoever reads the sweep find this job's status in its folder too.
-        job_dir = Path(hydra_cfg.runtime.output_dir)
-        if not (job_dir / "metrics.json").exists():  # never over an earlier run's record
-            record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-            # Unresolved: a broken value may not resolve; the settings are plain values.
-            write_metrics(job_dir, record | {"config": OmegaConf.to_container(cfg)})
+        message = record_unexpected(job_dir, error)
+        if not sweep:  # a bad value: its one line; a bug: where its traceback is
+            sys.exit(f"error: {error if isinstance(error, EXPLAINED) else message}")
+        record_failure(job_dir, cfg, message)
         raise  # Hydra records this job as failed and goes on with the others
-    threads = configure_threads(cfg, processes)
-
-    record: dict[str, Any] = {
-        "status": "running",
-        "run_name": cfg.run_name,
-        "output_dir": str(output_dir),
-        "threads": threads,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    write_metrics(output_dir, record)
-    started = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        record["status"] = "completed"
-    except Divergence as error:
-        record |= {"status": "diverged", "error": str(error)}
-    except (KeyboardInterrupt, SystemExit) as error:
-        # Lightning turns Ctrl-C into a graceful shutdown that ends in SystemExit(1).
-        record |= {"status": "interrupted", "error": repr(error)}
-    except Exception as error:
-        record |= {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    record["wall_seconds"] = time.perf_counter() - started
-    record["data_source"] = getattr(datamodule, "source", "")
-    record["device"] = str(trainer.strategy.root_device)  # the module is back on the CPU now
-    record["metrics"] = summarise(module)
-    write_metrics(output_dir, record)
-    if record["status"] == "completed":
-        log_hparams(loggers, cfg, record["metrics"])
-    for logger in loggers:
-        logger.finalize(record["status"])
-
-    if record["status"] != "completed":
-        message = f"run {record['status']}: {record.get('error', '')} ({output_dir})"
-        if sweep and record["status"] != "interrupted":
-            raise RuntimeError(message)  # recorded as failed; the sweep goes on with its jobs
-        sys.exit(message)
-    test_acc = record["metrics"]["test_acc"]
-    print(f"test accuracy {test_acc:.4f}; run folder {output_dir}")
-    print(f"inspect: tensorboard --logdir {output_dir.parent if sweep else output_dir}")
-    return test_acc
-
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # hydra.main's config_path above
-
-
-def unknown_group_option(overrides: list[str]) -> str | None:
-    """The first command-line choice of a config group option that does not exist, as one
-    line naming it and the choices; Hydra's own message spans a screen."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        group = CONF_DIR / key
-        if key.startswith("hydra") or not group.is_dir():
-            continue  # a key, or Hydra's own groups (launchers come from plugins)
-        if not value.replace(",", "").isidentifier():
-            continue  # not a plain choice: a sweep function, an interpolation...
-        choices = sorted(path.stem for path in group.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in choices and choice != "null":
-                return f"{key}={choice} is not allowed: one of {', '.join(choices)}"
-    return None
+    write_record(job, outcome)
+    if outcome.status != "completed":
+        if sweep and outcome.status != "interrupted":
+            raise RuntimeError(failure_message(job, outcome))  # the sweep goes on
+        sys.exit(failure_message(job, outcome))
+    print(result_line(job, outcome))
+    folder = Path(hydra_cfg.sweep.dir) if sweep else job.run_dir.parent
+    print(f"inspect: make tensorboard RUN={folder}")
+    return outcome.metrics["test_acc"]
 
 
 if __name__ == "__main__":

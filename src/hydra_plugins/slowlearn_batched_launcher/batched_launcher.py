@@ -1,0 +1,188 @@
+"""``hydra/launcher=batched``: a whole multirun trained as one vectorised program per group.
+
+It composes each job's config as Hydra's basic launcher does, gives each job its folder and
+``.hydra/`` files, and runs its start-up checks (a job with a bad value fails alone). Then it
+groups the jobs that can share one program (``slowlearn.groups``), trains each group through
+the code a single run goes through (``slowlearn.train.train_and_test``), and writes every
+member's own record. Hydra gets one JobReturn per job, in job order.
+
+Hydra imports every module under ``hydra_plugins`` at start-up, also for single runs, so the
+training code is imported only when a sweep is launched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    _flush_loggers,
+    _save_config,
+    configure_log,
+    env_override,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+class StartedJob:
+    """A job whose folder, .hydra/ files and on_job_start callbacks are done. (Not a
+    dataclass: Hydra's plugin scan executes this module before it is in sys.modules.)"""
+
+    def __init__(self, config: DictConfig, result: JobReturn, output_dir: Path) -> None:
+        self.config = config  # with its hydra node, as callbacks get it
+        self.result = result
+        self.output_dir = output_dir
+        self.job: Any = None  # slowlearn.train.Job once its checks passed
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_members: int = 64) -> None:
+        if not isinstance(max_members, int) or max_members < 1:
+            raise ValueError(
+                f"hydra.launcher.max_members={max_members!r} is not allowed: a positive integer"
+            )
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    # -------------------------------------------------------------- one job's start and end
+
+    def start_job(self, config: DictConfig, overrides: list[str]) -> StartedJob:
+        """What Hydra's run_job does before it calls the task function: the job's output
+        folder, its .hydra/ files, its log file and the on_job_start callbacks, with this job's
+        Hydra config set; then slowlearn's checks, which resolve the job's config (its paths
+        and name) while that Hydra config is still set."""
+        from slowlearn.records import record_failure
+        from slowlearn.train import prepare, record_unexpected
+
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)
+        try:
+            sweep = config.hydra.sweep
+            output_dir = Path(str(sweep.dir)) / str(sweep.subdir)
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = str(output_dir.absolute())
+            HydraConfig.instance().set_config(config)
+            task_cfg = copy.deepcopy(config)
+            with read_write(task_cfg), open_dict(task_cfg):
+                del task_cfg["hydra"]
+            result = JobReturn(
+                overrides=overrides,
+                cfg=task_cfg,
+                hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg),
+                working_dir=str(Path.cwd()),
+            )
+            output_dir.mkdir(parents=True, exist_ok=True)
+            configure_log(config.hydra.job_logging, config.hydra.verbose)
+            if config.hydra.output_subdir is not None:
+                hydra_output = output_dir / str(config.hydra.output_subdir)
+                _save_config(task_cfg, "config.yaml", hydra_output)
+                _save_config(result.hydra_cfg, "hydra.yaml", hydra_output)
+                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+            started = StartedJob(config, result, output_dir)
+            with env_override(config.hydra.job.env_set):
+                self.hydra_context.callbacks.on_job_start(config=config, task_function=None)
+            try:
+                started.job = prepare(task_cfg, output_dir, overrides)
+            except Exception as error:  # noqa: BLE001 - this job fails alone
+                message = record_unexpected(output_dir, error)
+                record_failure(output_dir, task_cfg, message)
+                self.end_job(started, JobStatus.FAILED, RuntimeError(message))
+            return started
+        finally:
+            HydraConfig.instance().cfg = previous
+
+    def end_job(self, started: StartedJob, status: JobStatus, value: Any) -> None:
+        """What run_job does after the task function: the return value and on_job_end."""
+        started.result.status, started.result.return_value = status, value
+        started.result.task_name = started.config.hydra.job.name
+        _flush_loggers()
+        self.hydra_context.callbacks.on_job_end(config=started.config, job_return=started.result)
+
+    # -------------------------------------------------------------- the sweep
+
+    def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
+        from slowlearn.groups import form_groups, member_differences
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        started: list[StartedJob] = []
+        for offset, overrides in enumerate(job_overrides):
+            index = initial_job_idx + offset
+            config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(config):
+                config.hydra.job.id = index
+                config.hydra.job.num = index
+            started.append(self.start_job(config, list(overrides)))
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+        ready = [s for s in started if s.job is not None]
+        groups = [
+            [ready[i] for i in group]
+            for group in form_groups([s.job.cfg for s in ready], self.max_members)
+        ]
+        failed = len(started) - len(ready)
+        log.info(
+            f"Batched launcher: {len(started)} jobs in {len(groups)} "
+            f"group{'s' * (len(groups) != 1)}"
+            + (f"; {failed} failed {'its' if failed == 1 else 'their'} checks" if failed else "")
+        )
+        for number, group in enumerate(groups, start=1):
+            differing = member_differences([s.job.cfg for s in group]) or ["nothing"]
+            log.info(
+                f"\tgroup {number}: {len(group)} member{'s' * (len(group) != 1)}, "
+                f"differing in {', '.join(differing)}"
+            )
+        for group in groups:
+            self.train_group(group)
+        return [s.result for s in started]
+
+    def train_group(self, group: list[StartedJob]) -> None:
+        """Train one group and end each of its jobs with its own outcome."""
+        from slowlearn.records import record_failure
+        from slowlearn.train import (
+            available_cores,
+            failure_message,
+            record_unexpected,
+            train_and_test,
+            write_record,
+        )
+
+        jobs = [s.job for s in group]
+        try:
+            outcomes = train_and_test(jobs, available_cores(), in_sweep=True)
+        except Exception as error:  # noqa: BLE001 - the group fails, the sweep goes on
+            for s in group:
+                message = record_unexpected(s.output_dir, error)
+                record_failure(s.output_dir, s.job.cfg, message)
+                self.end_job(s, JobStatus.FAILED, RuntimeError(message))
+            return
+        interrupted = False
+        for s, outcome in zip(group, outcomes, strict=True):
+            write_record(s.job, outcome)
+            if outcome.status == "completed":
+                self.end_job(s, JobStatus.COMPLETED, outcome.metrics["test_acc"])
+            else:
+                interrupted |= outcome.status == "interrupted"
+                self.end_job(s, JobStatus.FAILED, RuntimeError(failure_message(s.job, outcome)))
+        if interrupted:  # Ctrl-C: every member is recorded; the sweep stops here
+            raise SystemExit(f"sweep interrupted: {len(group)} members recorded as interrupted")

@@ -1,0 +1,73 @@
+"""Which jobs of a sweep train as one program: those whose configs are equal except in what a
+member of a group may differ in.
+
+A member may differ in its seed (its initial weights and its data order), its output
+activation, its objective, ``model.init``, ``optimizer.lr`` and ``loss.log_base``, and in its
+own paths and names. Everything else (the architecture, the data, the batch size, the
+optimiser's other settings, the epochs) is one program's and must be equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# What a member may differ in: config keys (a node stands for everything under it).
+MEMBER_KEYS = ("seed", "activation", "loss", "model.init", "optimizer.lr")
+# The run's own paths and names, and keys that repeat a member's seed. Loggers are each
+# member's own, so they may differ too.
+OWN_KEYS = ("run_dir", "run_name", "data.seed", "trainer.default_root_dir", "logger")
+
+
+def without(config: dict[str, Any], key: str) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config.get(part)
+        if not isinstance(config, dict):
+            return
+    config.pop(last, None)
+
+
+def program_key(cfg: DictConfig) -> str:
+    """What must be equal for two jobs to share one program (resumed jobs never share)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in (*MEMBER_KEYS, *OWN_KEYS):
+        without(config, key)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def member_order(cfg: DictConfig) -> tuple:
+    """Members of one cell side by side (each objective runs once over its cell's slice)."""
+    return (cfg.activation.name, cfg.loss.name, str(cfg.loss.log_base), cfg.seed)
+
+
+def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
+    """The indices of the jobs of each group, in member order; a group bigger than
+    ``max_members`` is split into near-equal groups. A job that fits no group is alone."""
+    by_program: dict[str, list[int]] = {}
+    for index, cfg in enumerate(cfgs):
+        alone = not OmegaConf.is_missing(cfg, "resume") and cfg.get("resume")
+        key = f"resume:{index}" if alone else program_key(cfg)
+        by_program.setdefault(key, []).append(index)
+    groups = []
+    for indices in by_program.values():
+        indices.sort(key=lambda index: member_order(cfgs[index]))
+        parts = -(-len(indices) // max_members)
+        sizes = [len(indices) // parts + (part < len(indices) % parts) for part in range(parts)]
+        starts = [sum(sizes[:part]) for part in range(parts)]
+        groups += [indices[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    return groups
+
+
+def member_differences(cfgs: Sequence[DictConfig]) -> list[str]:
+    """The member keys whose values differ between these configs: what tells members apart."""
+    differing = []
+    for key in ("activation.name", "loss.name", "loss.log_base", "model.init", "optimizer.lr"):
+        if len({str(OmegaConf.select(cfg, key)) for cfg in cfgs}) > 1:
+            differing.append(key.removesuffix(".name"))
+    if len({cfg.seed for cfg in cfgs}) > 1:
+        differing.append("seed")
+    return differing

@@ -1,0 +1,96 @@
+"""The names of runs: what tells a run apart from the others of its sweep.
+
+A run is named by its cell, then by its value of every other key its sweep varies, the seed
+last: ``sigmoid+mse/seed0``, ``softmax+nll/init-large/lr0.3/seed2``. A sweep's job folder is
+its name (``hydra.sweep.subdir``), and TensorBoard names a run by its folder, so
+``tensorboard --logdir <sweep>`` lists exactly these names. A single run is named by its cell
+and lives in ``logs/runs/<experiment>/<date>_<time>/<cell>/``.
+
+Which keys a sweep varies: Hydra writes the sweep's own config, with the command line as given
+(``seed=0,1,2``) and the preset's sweep parameters, to ``<sweep>/multirun.yaml`` before any job
+starts. Every job reads it there, also one under joblib or SLURM that never sees the others,
+so a constant such as ``trainer.max_epochs=1`` never becomes part of a name.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+CELL_KEYS = ("cell", "activation", "loss")  # the name's first part says them
+SHORT_NAMES = {
+    "optimizer.lr": "lr",
+    "model.init": "init",
+    "model.hidden_sizes": "hidden",
+    "model.hidden_activation": "units",
+    "data.batch_size": "batch",
+    "trainer.max_epochs": "epochs",
+    "loss.log_base": "base",
+}
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def label(key: str, value: str) -> str:
+    """One name part: ``seed0``, ``lr0.3``, ``init-large``, ``hidden100-100``; a config group's
+    choice stands alone (``adam``)."""
+    if "." not in key and key != "seed":  # a config group (optimizer=adam, data=...)
+        return value.replace("/", "-")
+    short = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    value = value.strip("[]").replace(",", "-").replace(" ", "").replace("/", "-")
+    return f"{short}{value}" if value[:1].isdigit() or value[:1] in "-." else f"{short}-{value}"
+
+
+def run_name(cell: str, overrides: Iterable[str], swept: Sequence[str]) -> str:
+    """The cell, then this job's values of the swept keys (the seed last)."""
+    values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
+    keys = [k for k in swept if k not in CELL_KEYS and k in values]
+    keys.sort(key=lambda key: key == "seed")  # stable: the sweep's order, the seed last
+    return "/".join([cell, *(label(key, values[key]) for key in keys)])
+
+
+@functools.lru_cache(maxsize=8)
+def swept_keys(sweep_dir: str) -> tuple[str, ...]:
+    """The keys a sweep varies, from the multirun.yaml that Hydra wrote into its folder."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return ()
+    sweep = OmegaConf.load(path)
+    keys = list(OmegaConf.select(sweep, "hydra.sweeper.params", default=None) or {})
+    parser = OverridesParser.create()
+    for text in OmegaConf.select(sweep, "hydra.overrides.task", default=[]):
+        override = parser.parse_override(text)
+        key = override.key_or_group
+        if override.is_sweep_override() and key not in keys:
+            keys.append(key)
+        elif not override.is_sweep_override() and key in keys:
+            keys.remove(key)  # the command line fixed a preset's sweep to one value
+    return tuple(keys)
+
+
+def resolve_run_name(activation: str, loss: str) -> str:
+    """``${run_label:...}``: this job's name, from the Hydra config of the job being run."""
+    cell = f"{activation}+{loss}"
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return cell
+    hydra = HydraConfig.get()
+    return run_name(cell, hydra.overrides.task, swept_keys(str(hydra.sweep.dir)))
+
+
+def if_set(value: str, when_set: str, otherwise: str) -> str:
+    return when_set if value else otherwise
+
+
+def register_resolvers() -> None:
+    """The resolvers the configs use; registered before Hydra composes them."""
+    for name, resolver in (("run_label", resolve_run_name), ("if_set", if_set)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -1,0 +1,30 @@
+"""The progress bar counts optimiser steps, with steps/s: a Lightning batch here is a chunk of
+many steps, which means nothing to a person watching a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, _update_n
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar, in optimiser steps of the epoch instead of Lightning batches."""
+
+    def init_train_tqdm(self) -> Tqdm:
+        bar = super().init_train_tqdm()
+        bar.unit = "step"
+        return bar
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.epoch_start_step = trainer.global_step
+        self.train_progress_bar.total = getattr(trainer.train_dataloader, "steps", None)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.train_progress_bar.disable:
+            return
+        _update_n(self.train_progress_bar, trainer.global_step - self.epoch_start_step)
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, args[0]))

@@ -1,0 +1,86 @@
+"""The report of a run or a sweep, read from its event files and metrics.json files.
+
+    python -m slowlearn.report logs/multiruns/ablation/<timestamp>
+
+Writes into that folder, each file replaced atomically, and nothing else: summary.csv (a row
+per run), report.md (the tables and the finding, stated from the numbers), curves.png, and
+for a learning-rate sweep lr_sensitivity.png; and for a sweep the seed-aggregated TensorBoard
+runs (``<group>/mean``) with their custom-scalars layout.
+
+- ``runs``: reading runs and grouping them by their resolved settings;
+- ``tables``: summary.csv, the group table, the best learning rate chosen on validation;
+- ``findings``: the sentences, generated from the numbers;
+- ``figures``: curves.png and lr_sensitivity.png;
+- ``aggregate``: the seed-aggregated view inside TensorBoard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slowlearn.records import write_atomically
+from slowlearn.report.aggregate import write_aggregates
+from slowlearn.report.figures import curves_png, lr_sensitivity_png
+from slowlearn.report.findings import finding, not_completed
+from slowlearn.report.runs import Group, Run, group_runs, is_lr_sweep, read_runs
+from slowlearn.report.tables import BestLr, best_lr_table, best_lrs, groups_table, summary_csv
+
+OUTPUTS = ("summary.csv", "report.md", "curves.png")
+LR_SENSITIVITY = "lr_sensitivity.png"
+
+
+def report_md(
+    folder: Path, runs: list[Run], groups: list[Group], choices: list[BestLr], findings: list[str]
+) -> str:
+    completed = sum(run.completed for run in runs)
+    lines = [
+        f"# Report: {folder.name}",
+        "",
+        f"`{folder}`: {len(runs)} run{'s' * (len(runs) != 1)}, {completed} completed. "
+        "Values are mean ± std across seeds (per run: `summary.csv`). The error signal is "
+        "the mean |de/dz_y| at the true class's output pre-activation.",
+        "",
+    ]
+    group_table = groups_table(groups) if groups else ["No completed runs."]
+    if choices:
+        lines += [
+            "## Each cell at its best learning rate",
+            "",
+            "The lr with the best mean val accuracy after epoch 1, among the lrs at which "
+            "every seed completed; chosen on validation only, and the test accuracy reported "
+            "at that lr.",
+            "",
+            *best_lr_table(choices),
+            "",
+            "<details><summary>Every cell at every learning rate</summary>",
+            "",
+            *group_table,
+            "",
+            "</details>",
+        ]
+    else:
+        lines += ["## Results by group", "", *group_table]
+    lines += ["", "## Finding", "", *findings, "", "## Runs that did not complete", ""]
+    lines += [*not_completed(runs), "", "## Curves", ""]
+    if choices:
+        lines += [f"![val accuracy after epoch 1 against the learning rate]({LR_SENSITIVITY})", ""]
+    lines += ["![val accuracy, train loss and output error signal vs step](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def make_report(folder: Path) -> list[str]:
+    """Write the report's files into ``folder``; return the finding."""
+    runs = read_runs(folder)
+    groups = group_runs(runs)
+    choices = best_lrs(runs, groups) if is_lr_sweep(groups) else []
+    findings = finding(groups, choices)
+    write_atomically(folder / "summary.csv", summary_csv(runs, groups).encode())
+    write_atomically(
+        folder / "report.md", report_md(folder, runs, groups, choices, findings).encode()
+    )
+    write_atomically(folder / "curves.png", curves_png(folder, groups, choices))
+    if choices:
+        write_atomically(folder / LR_SENSITIVITY, lr_sensitivity_png(folder, groups, choices))
+    if runs[0].folder != folder:  # a sweep: its seed-aggregated TensorBoard runs
+        write_aggregates(folder, groups)
+    return findings

@@ -1,0 +1,22 @@
+"""python -m slowlearn.report <run or sweep folder>: write its report, print the finding."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from slowlearn.report import LR_SENSITIVITY, OUTPUTS, make_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The report of a run or a sweep.")
+    parser.add_argument("folder", type=Path, help="a run folder or a sweep (multirun) folder")
+    folder = parser.parse_args(argv).folder
+    for paragraph in make_report(folder):
+        print(paragraph)
+    written = [name for name in (*OUTPUTS, LR_SENSITIVITY) if (folder / name).exists()]
+    print("wrote " + ", ".join(str(folder / name) for name in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The seed-aggregated view inside TensorBoard: one run per group, named like its runs with
+``mean`` for the seed (``sigmoid+mse/mean``), holding the mean over seeds of val/acc, train/loss
+and the error signals under their own tags, and their min and max under ``<tag>/min`` and
+``<tag>/max``; and a custom-scalars layout whose margin charts draw each group's mean with its
+min-max band. Selected alone (run filter ``/mean$``), a sweep shows one curve per group.
+
+Re-running the report replaces these runs, never appends to them; a folder that holds a real
+run (its metrics.json) is never touched.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from torch.utils.tensorboard.summary import custom_scalars
+
+from slowlearn.report.figures import aligned
+from slowlearn.report.runs import Group
+
+AGGREGATED = (
+    "val/acc",
+    "train/loss",
+    "diag/error_signal/true_class",
+    "diag/error_signal/true_class_right",
+    "diag/error_signal/true_class_wrong",
+)
+MARKER = ".slowlearn-aggregate"  # in every folder written here: the only ones ever replaced
+SEED_PART = re.compile(r"(^|/)seed[^/]*$")
+
+
+def aggregate_name(group: Group) -> str:
+    """``sigmoid+mse/lr0.3/mean`` for the runs ``sigmoid+mse/lr0.3/seed0``, ``.../seed1``."""
+    return SEED_PART.sub("", group.runs[0].name).strip("/") + "/mean"
+
+
+def layout() -> Summary:
+    """Margin charts: each group's mean with its min-max band over seeds."""
+    title = "mean over seeds with its min-max band (runs */mean, written by make report)"
+    charts = {tag: ["Margin", [tag, f"{tag}/min", f"{tag}/max"]] for tag in AGGREGATED}
+    return custom_scalars({title: charts})
+
+
+def write_group(folder: Path, group: Group, with_layout: bool) -> None:
+    """One group's aggregated run into ``folder`` (written into a new folder, then swapped)."""
+    events: dict[int, list[Summary.Value]] = {}
+    for tag in AGGREGATED:
+        steps, values = aligned(group.runs, tag)
+        if not len(steps):
+            continue
+        with np.errstate(all="ignore"):
+            stats = {
+                tag: np.nanmean(values, axis=0),
+                f"{tag}/min": np.nanmin(values, axis=0),
+                f"{tag}/max": np.nanmax(values, axis=0),
+            }
+        for name, series in stats.items():
+            for step, value in zip(steps.tolist(), series.tolist(), strict=True):
+                if np.isfinite(value):
+                    events.setdefault(step, []).append(Summary.Value(tag=name, simple_value=value))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mean.", dir=folder.parent))
+    (staging / MARKER).write_text("written by make report; replaced when it runs again\n")
+    writer = EventFileWriter(str(staging))
+    if with_layout:
+        writer.add_event(Event(wall_time=time.time(), summary=layout()))
+    for step in sorted(events):
+        writer.add_event(
+            Event(wall_time=time.time(), step=step, summary=Summary(value=events[step]))
+        )
+    writer.close()
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
+def write_aggregates(sweep: Path, groups: list[Group]) -> list[Path]:
+    """Every group's aggregated run under ``sweep``; returns their folders."""
+    written = []
+    for group in groups:
+        folder = sweep / aggregate_name(group)
+        if (folder / "metrics.json").exists() or (
+            folder.exists() and not (folder / MARKER).exists()
+        ):
+            continue  # a real run, or someone's folder: never replaced
+        write_group(folder, group, with_layout=not written)
+        written.append(folder)
+    return written

@@ -1,0 +1,170 @@
+"""The report's figures: curves.png (val accuracy, train loss and the output error signal
+against the number of updates, one row of panels per value of the extra axes, such as the
+init or the depth) and, for a learning-rate sweep, lr_sensitivity.png (val accuracy after
+epoch 1 against the lr, one panel per init).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from slowlearn.report.runs import CHANCE, Group, Run
+from slowlearn.report.tables import BestLr, lr_text
+
+# One colour per cell in every figure and every row.
+CELL_ORDER = (
+    "sigmoid+mse",
+    "sigmoid+bce",
+    "sigmoid+nll",
+    "softmax+mse",
+    "softmax+bce",
+    "softmax+nll",
+    "identity+mse",
+)
+PANELS = [
+    ("Validation accuracy", "val accuracy (%)", "linear"),
+    ("Training loss (means over logging windows)", "each cell's own objective (log scale)", "log"),
+    (
+        "Output error signal at the true class\nsolid: samples classified right, dashed: wrong",
+        r"mean $|\partial e/\partial z_y|$ (log scale)",
+        "log",
+    ),
+]
+
+
+def cell_color(cell: str) -> Any:
+    colors = matplotlib.colormaps["tab10"].colors
+    index = CELL_ORDER.index(cell) if cell in CELL_ORDER else len(CELL_ORDER) + hash(cell) % 3
+    return colors[index % len(colors)]
+
+
+def aligned(runs: Iterable[Run], tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values[run, step]) on every step any run logged; NaN where a run has none
+    (a window with no wrong samples has no error signal for them)."""
+    series = [dict(run.scalars.get(tag, [])) for run in runs]
+    steps = sorted(set().union(*series))
+    return np.array(steps), np.array([[s.get(step, np.nan) for step in steps] for s in series])
+
+
+def plot_band(ax: Axes, group: Group, tag: str, color: Any, **line: Any) -> None:
+    """The seeds' mean as a line and their min-max range as a band."""
+    steps, values = aligned(group.runs, tag)
+    if not len(steps):
+        return
+    scale = 100 if tag.endswith("acc") else 1
+    with np.errstate(all="ignore"):  # a step where no seed has a value stays a gap
+        mean, low, high = (f(values, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
+    ax.plot(steps, scale * mean, color=color, **line)
+    if len(values) > 1:
+        ax.fill_between(steps, scale * low, scale * high, color=color, alpha=0.18, linewidth=0)
+
+
+def epoch_ends(groups: list[Group]) -> list[int]:
+    """The steps at which epochs end, if every run shares them (else none)."""
+    ends = {
+        tuple(step for step, _ in run.scalars.get("epoch", [])) for g in groups for run in g.runs
+    }
+    return list(ends.pop()) if len(ends) == 1 else []
+
+
+def png(fig: Figure) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=80)
+    return out.getvalue()
+
+
+def shown_groups(groups: list[Group], choices: list[BestLr]) -> list[Group]:
+    """The groups the curves show: with an lr sweep, each cell at its best lr only."""
+    if not choices:
+        return groups
+    return [choice.best for choice in choices if choice.best is not None]
+
+
+def curves_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> bytes:
+    shown = shown_groups(groups, choices)
+    rows = list(dict.fromkeys(group.without("lr") for group in shown)) or [()]
+    fig = Figure(figsize=(16, 1.2 + 4.2 * len(rows)))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(len(rows), 3, squeeze=False))
+    for row, context in zip(axes, rows, strict=True):
+        beside = [group for group in shown if group.without("lr") == context]
+        for group in beside:
+            color = cell_color(group.cell)
+            at_lr = f", lr {lr_text(group.context['lr'])}" if choices else ""
+            label = f"{group.cell}{at_lr} (n={len(group.runs)})"
+            plot_band(row[0], group, "val/acc", color, marker="o", markersize=4, label=label)
+            plot_band(row[1], group, "train/loss", color)
+            plot_band(row[2], group, "diag/error_signal/true_class_right", color)
+            plot_band(row[2], group, "diag/error_signal/true_class_wrong", color, linestyle="--")
+        where = ", ".join(f"{key}={value}" for key, value in context)
+        for ax, (title, ylabel, yscale) in zip(row, PANELS, strict=True):
+            ax.set(
+                title=f"{title}\n{where}" if where else title,
+                xlabel="updates (optimiser steps)",
+                ylabel=ylabel,
+                yscale=yscale,
+            )
+            ax.grid(True, alpha=0.3)
+            for step in epoch_ends(beside):
+                ax.axvline(step, color="0.6", linestyle=":", linewidth=1)
+        if beside:
+            row[0].legend(fontsize=8, loc="lower right")
+    which = "each cell at its best lr (on validation); " if choices else ""
+    fig.suptitle(
+        f"{folder.name}: {which}mean over seeds, band: min to max; dotted: end of an epoch"
+    )
+    fig.tight_layout()
+    return png(fig)
+
+
+def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> bytes:
+    """Val accuracy after epoch 1 against the lr, one line per cell, one panel per context;
+    the chosen lr is ringed, and an lr at which a seed diverged is marked x at the bottom."""
+    contexts = list(dict.fromkeys(choice.context for choice in choices))
+    fig = Figure(figsize=(6.5 * len(contexts), 5.4))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, len(contexts), squeeze=False)[0])
+    for ax, context in zip(axes, contexts, strict=True):
+        for choice in (c for c in choices if c.context == context):
+            color = cell_color(choice.cell)
+            line = sorted(
+                (g for g in groups if g.cell == choice.cell and g.without("lr") == context),
+                key=lambda g: g.context["lr"],
+            )
+            lrs = [g.context["lr"] for g in line]
+            values = [100 * np.array(g.values("epoch1_val_acc")) for g in line]
+            ax.plot(lrs, [v.mean() for v in values], color=color, marker="o", label=choice.cell)
+            ax.fill_between(
+                lrs, [v.min() for v in values], [v.max() for v in values], color=color, alpha=0.15
+            )
+            if choice.best is not None:
+                best = 100 * choice.mean("epoch1_val_acc")
+                ax.plot([choice.lr], [best], "o", ms=13, mfc="none", mec=color, mew=2)
+            for lr in choice.ineligible:
+                ax.plot([lr], [2], "x", color=color, ms=9, mew=2)
+        ax.axhline(100 * CHANCE, color="0.5", linestyle=":", linewidth=1)
+        where = ", ".join(f"{key}={value}" for key, value in context)
+        ax.set(
+            xscale="log",
+            ylim=(0, 100),
+            xlabel="learning rate (log scale)",
+            ylabel="val accuracy after epoch 1 (%)",
+            title=where or "all runs",
+        )
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(
+        f"{folder.name}: mean over seeds, band: min to max; ring: best lr on validation; "
+        f"x: a seed diverged; dotted: chance ({100 * CHANCE:.0f}%)"
+    )
+    fig.tight_layout()
+    return png(fig)

@@ -1,0 +1,231 @@
+"""Reading a run or a sweep: each run's metrics.json and event files, and the groups of runs
+that differ in their seed alone, told apart by their resolved settings (never by the override
+strings that happened to produce them).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from slowlearn.records import SETTINGS, read_metrics, run_settings
+
+RESULTS = (
+    "test_acc",
+    "best_val_acc",
+    "final_val_acc",
+    "epoch_to_90_val_acc",
+    "step_to_90_val_acc",
+    "final_train_loss",
+    "epoch1_error_signal",
+    "epoch1_val_acc",
+)
+ERROR_SIGNAL = "diag/error_signal/true_class"
+CHANCE = 0.15  # val accuracy below this is "at chance" (ten classes: 0.1)
+# The cells that cure slow learning. sigmoid+nll is not among them: -log o_y on independent
+# sigmoids never pushes the wrong outputs down, so it is reported on its own.
+CROSS_ENTROPY = ("sigmoid+bce", "softmax+bce", "softmax+nll")
+# The control: linear outputs under MSE, de/dz = o - y with no sigma' factor.
+CONTROL = "identity+mse"
+# The settings that may tell groups apart, in the order a label names them; a setting that the
+# ones before it determine (momentum with the optimizer, hidden_sizes with the depth) is left
+# out. lr comes late: an lr that only follows the optimizer is no lr sweep.
+CONTEXT_ORDER = (
+    "dataset",
+    "optimizer",
+    "init",
+    "depth",
+    "hidden_sizes",
+    "hidden_activation",
+    "batch_size",
+    "max_epochs",
+    "momentum",
+    "lr",
+)
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series a run folder's event files hold, in step order.
+
+    A run's events sit in its own folder (runs from before the batched launcher: in tb/<name>/)
+    and may span several files (one per writer session); a step written twice, as by a resumed
+    run, keeps its latest value.
+    """
+    events: dict[str, list] = {}
+    event_dirs = {p.parent for p in folder.glob("events.out.tfevents.*")}
+    event_dirs |= {p.parent for p in folder.glob("tb/*/events.out.tfevents.*")}
+    for events_dir in sorted(event_dirs):
+        accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            events.setdefault(tag, []).extend(accumulator.Scalars(tag))
+    return {
+        tag: sorted({e.step: e.value for e in sorted(found, key=lambda e: e.wall_time)}.items())
+        for tag, found in events.items()
+    }
+
+
+@dataclass
+class Run:
+    folder: Path
+    name: str  # the run's own name (sigmoid+mse/seed0): what its sweep varied
+    status: str
+    error: str
+    settings: dict[str, Any]  # records.SETTINGS, resolved
+    results: dict[str, Any]  # the RESULTS columns; empty unless the run completed
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def cell(self) -> str:
+        return f"{self.settings['activation']}+{self.settings['loss']}"
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """The folder itself if it is a run, else every run folder below it (a sweep)."""
+    if (folder / "metrics.json").is_file():
+        return [folder]
+    runs = sorted(path.parent for path in folder.rglob("metrics.json"))
+    if not runs:
+        raise SystemExit(f"no runs in {folder}: neither it nor its subfolders hold metrics.json")
+    return runs
+
+
+def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, float]]]) -> dict:
+    """The RESULTS of a completed run: metrics.json's, plus two epoch-1 values."""
+    row = {key: metrics.get(key) for key in RESULTS}
+    history = metrics.get("val_history") or []
+    if history:
+        # val_history[0] was measured after the last update of epoch 1.
+        end_of_epoch1 = history[0]["step"]
+        signal = [v for step, v in scalars.get(ERROR_SIGNAL, []) if step <= end_of_epoch1]
+        row["epoch1_val_acc"] = history[0]["val/acc"]
+        row["epoch1_error_signal"] = statistics.fmean(signal) if signal else None
+    return row
+
+
+def read_run(folder: Path, sweep: Path) -> Run:
+    record = read_metrics(folder)
+    scalars = read_scalars(folder)
+    completed = record["status"] == "completed"
+    name = record.get("run_name") or str(folder.relative_to(sweep)) or folder.name
+    return Run(
+        folder=folder,
+        name=name,
+        status=record["status"],
+        error=record.get("error", ""),
+        settings=run_settings(record.get("config", {})),
+        results=run_results(record["metrics"], scalars) if completed else {},
+        scalars=scalars,
+    )
+
+
+def read_runs(folder: Path) -> list[Run]:
+    return [read_run(path, folder) for path in run_folders(folder)]
+
+
+# ------------------------------------------------------------------ groups
+
+
+def shown(value: Any) -> str:
+    return "none" if value is None else str(value).replace(" ", "")
+
+
+@dataclass
+class Group:
+    """Completed runs that differ in their seed alone."""
+
+    cell: str
+    context: dict[str, Any]  # the other settings that tell this group apart: {"init": "large"}
+    runs: list[Run]
+
+    @property
+    def context_label(self) -> str:
+        return ", ".join(f"{key}={shown(value)}" for key, value in self.context.items())
+
+    @property
+    def label(self) -> str:
+        return ", ".join(filter(None, (self.cell, self.context_label)))
+
+    @property
+    def loss(self) -> str:
+        return self.runs[0].settings["loss"]
+
+    def without(self, *keys: str) -> tuple:
+        """The context without ``keys``: what the groups of one comparison share."""
+        return tuple((k, shown(v)) for k, v in self.context.items() if k not in keys)
+
+    def values(self, key: str) -> list[float]:
+        """The result of every seed that has one (steps to 90%: the seeds that got there)."""
+        return [run.results[key] for run in self.runs if run.results.get(key) is not None]
+
+    def mean(self, key: str) -> float | None:
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
+    def by_seed(self, key: str) -> dict[Any, float]:
+        return {
+            run.settings["seed"]: run.results[key]
+            for run in self.runs
+            if run.results.get(key) is not None
+        }
+
+
+def determined(key: str, by: Iterable[str], runs: list[Run]) -> bool:
+    """Whether the values of the settings ``by`` fix the value of ``key`` in these runs."""
+    seen: dict[tuple, str] = {}
+    for run in runs:
+        known = tuple(shown(run.settings[k]) for k in by)
+        if seen.setdefault(known, shown(run.settings[key])) != shown(run.settings[key]):
+            return False
+    return True
+
+
+def context_settings(runs: list[Run]) -> list[str]:
+    """The settings that tell groups apart, besides the cell: those that vary among the
+    completed runs and that the settings before them (and the cell) do not determine."""
+    completed = [run for run in runs if run.completed]
+    kept: list[str] = []
+    for key in CONTEXT_ORDER:
+        if key not in SETTINGS or len({shown(run.settings[key]) for run in completed}) < 2:
+            continue
+        if not determined(key, ["activation", "loss", *kept], completed):
+            kept.append(key)
+    return kept
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Completed runs grouped by their cell and every other setting that varies, but the seed."""
+    keys = context_settings(runs)
+    groups: dict[tuple, Group] = {}
+    for run in (run for run in runs if run.completed):
+        context = {key: run.settings[key] for key in keys}
+        index = (run.cell, *(shown(v) for v in context.values()))
+        groups.setdefault(index, Group(run.cell, context, [])).runs.append(run)
+    return sorted(groups.values(), key=group_order)
+
+
+def group_order(group: Group) -> tuple:
+    """By context (numbers by value), then by cell."""
+
+    def sortable(value: Any) -> tuple:
+        return (0, value, "") if isinstance(value, int | float) else (1, 0, shown(value))
+
+    return (*(sortable(v) for v in group.context.values()), group.cell)
+
+
+def is_lr_sweep(groups: list[Group]) -> bool:
+    """Whether the learning rate is tuned: some cell was run at several lrs, all else equal."""
+    lrs: dict[tuple, set] = {}
+    for group in groups:
+        if "lr" in group.context:
+            lrs.setdefault((group.cell, group.without("lr")), set()).add(group.context["lr"])
+    return any(len(values) > 1 for values in lrs.values())

@@ -1,0 +1,162 @@
+"""The report's tables: summary.csv (a row per run), the results of every group, and for a
+learning-rate sweep each cell's learning rate chosen on validation, never on test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slowlearn.records import SETTINGS
+from slowlearn.report.runs import RESULTS, Group, Run, context_settings, shown
+
+COLUMNS = ("run", "status", "group", "cell", *SETTINGS, *RESULTS)
+
+
+def csv_value(value: Any) -> Any:
+    """Empty for a missing value; six significant digits for a float (float32 noise off)."""
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def summary_csv(runs: list[Run], groups: list[Group]) -> str:
+    label = {run.folder: group.label for group in groups for run in group.runs}
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for run in runs:
+        row = {"run": run.name, "status": run.status, "group": label.get(run.folder)}
+        row |= {"cell": run.cell, **run.settings, **run.results}
+        writer.writerow({key: csv_value(value) for key, value in row.items()})
+    return out.getvalue()
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def spread(values: list[float], fmt: Callable[[float], str]) -> str:
+    """Mean ± sample std across seeds (the value alone for one seed)."""
+    if len(values) < 2:
+        return fmt(values[0]) if values else "–"
+    return f"{fmt(statistics.fmean(values))} ± {fmt(statistics.stdev(values))}"
+
+
+def steps_to_target(group: Group) -> str:
+    reached = group.values("step_to_90_val_acc")
+    if not reached:
+        return "never"
+    seeds = "" if len(reached) == len(group.runs) else f" ({len(reached)}/{len(group.runs)} seeds)"
+    return spread(reached, "{:.0f}".format) + seeds
+
+
+TABLE: list[tuple[str, Callable[[Group], str]]] = [
+    ("val acc after epoch 1", lambda g: spread(g.values("epoch1_val_acc"), percent)),
+    ("test acc", lambda g: spread(g.values("test_acc"), percent)),
+    ("best val acc", lambda g: spread(g.values("best_val_acc"), percent)),
+    ("steps to 90% val acc", steps_to_target),
+    ("final train loss", lambda g: spread(g.values("final_train_loss"), "{:.3g}".format)),
+    ("error signal in epoch 1", lambda g: spread(g.values("epoch1_error_signal"), "{:.3g}".format)),
+]
+
+
+def groups_table(groups: list[Group]) -> list[str]:
+    lines = [
+        "| group | n | " + " | ".join(name for name, _ in TABLE) + " |",
+        "|---|---:|" + "---:|" * len(TABLE),
+    ]
+    for group in groups:
+        cells = " | ".join(cell(group) for _, cell in TABLE)
+        lines.append(f"| {group.label} | {len(group.runs)} | {cells} |")
+    return lines
+
+
+# ------------------------------------------------------------------ the best learning rate
+
+
+@dataclass
+class BestLr:
+    """One cell's learning rate with the best mean val accuracy after epoch 1, among the lrs
+    at which every seed completed; the grid is every lr the sweep tried for it."""
+
+    cell: str
+    context: tuple  # the group context without lr
+    best: Group | None
+    grid: list[float]
+    ineligible: list[float]  # lrs at which a seed diverged or failed
+
+    @property
+    def lr(self) -> float | None:
+        return self.best.context["lr"] if self.best else None
+
+    @property
+    def at_edge(self) -> bool:
+        """The best lr is the grid's smallest or largest: the true best may lie outside."""
+        return self.best is not None and self.lr in (min(self.grid), max(self.grid))
+
+    @property
+    def context_label(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.context)
+
+    def mean(self, key: str) -> float | None:
+        return self.best.mean(key) if self.best else None
+
+
+def best_lrs(runs: list[Run], groups: list[Group]) -> list[BestLr]:
+    """Each cell's best lr per context, chosen on validation only."""
+    keys = [key for key in context_settings(runs) if key != "lr"]
+    tried: dict[tuple, set[float]] = {}
+    failed: dict[tuple, set[float]] = {}
+    for run in runs:
+        index = (run.cell, tuple((key, shown(run.settings[key])) for key in keys))
+        tried.setdefault(index, set()).add(run.settings["lr"])
+        if not run.completed:
+            failed.setdefault(index, set()).add(run.settings["lr"])
+    choices = []
+    for (cell, context), grid in tried.items():
+        eligible = [
+            group
+            for group in groups
+            if group.cell == cell
+            and group.without("lr") == context
+            and group.context["lr"] not in failed.get((cell, context), set())
+            and group.values("epoch1_val_acc")
+        ]
+        best = max(eligible, key=lambda group: group.mean("epoch1_val_acc"), default=None)
+        ineligible = sorted(failed.get((cell, context), set()))
+        choices.append(BestLr(cell, context, best, sorted(grid), ineligible))
+    return sorted(choices, key=lambda choice: (choice.context, choice.cell))
+
+
+def lr_text(lr: float | None) -> str:
+    return "–" if lr is None else f"{lr:g}"
+
+
+def best_lr_table(choices: list[BestLr]) -> list[str]:
+    lines = [
+        "| cell | context | best lr (on val) | val acc after epoch 1 | test acc at that lr "
+        "| grid | note |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for choice in choices:
+        notes = []
+        if choice.at_edge:
+            notes.append("at the edge of the grid: the best may lie outside it")
+        if choice.ineligible:
+            listed = ", ".join(lr_text(lr) for lr in choice.ineligible)
+            notes.append(f"not eligible (a seed diverged or failed): lr {listed}")
+        if choice.best is None:
+            notes.append("no eligible lr")
+        val = spread(choice.best.values("epoch1_val_acc"), percent) if choice.best else "–"
+        test = spread(choice.best.values("test_acc"), percent) if choice.best else "–"
+        grid = f"{lr_text(min(choice.grid))} … {lr_text(max(choice.grid))} ({len(choice.grid)})"
+        lines.append(
+            f"| {choice.cell} | {choice.context_label or '–'} | {lr_text(choice.lr)} | {val} "
+            f"| {test} | {grid} | {'; '.join(notes)} |"
+        )
+    return lines
