@@ -15,9 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from slowlearn import evaluate
-from slowlearn.groups import form_groups, member_differences
+from slowlearn.groups import build_module, form_groups, member_differences
 from slowlearn.model import stacked_layout
-from slowlearn.module import build_module
 from slowlearn.optimizers import OPTIMIZERS
 from slowlearn.train import Job, train_and_test
 from tests.conftest import (

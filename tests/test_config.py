@@ -9,7 +9,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from slowlearn.checks import check_config
-from slowlearn.module import LitClassifier, build_module
+from slowlearn.groups import build_module
+from slowlearn.module import LitClassifier
 from tests.conftest import compose_config
 
 CELLS = [*itertools.product(["sigmoid", "softmax"], ["mse", "bce", "nll"]), ("identity", "mse")]

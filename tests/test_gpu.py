@@ -16,7 +16,8 @@ import torch
 from hydra.utils import instantiate
 
 from slowlearn.data import ImageDataModule
-from slowlearn.module import LitClassifier, build_module
+from slowlearn.groups import build_module
+from slowlearn.module import LitClassifier
 from tests.conftest import compose_config
 
 pytestmark = [

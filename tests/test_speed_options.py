@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from slowlearn.module import build_module
+from slowlearn.groups import build_module
 from tests.conftest import compose_config
 
 

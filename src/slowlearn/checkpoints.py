@@ -15,15 +15,55 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
 
-from slowlearn.module import LitClassifier
+from slowlearn.model import MemberStack, stacked_layout
+from slowlearn.optimizers import MemberOptimizer, stack_optimizer_states
 from slowlearn.records import write_atomically
 
+if TYPE_CHECKING:
+    from slowlearn.module import LitClassifier
+
 LAST = "last.ckpt"
+
+
+def member_checkpoint(
+    group: dict[str, Any],
+    network: MemberStack,
+    optimizer: MemberOptimizer,
+    member: int,
+    records: dict[str, Any],
+) -> dict[str, Any]:
+    """A single run's checkpoint of ``member``, from the group's: its own weights under a
+    single run's keys (``model.0.weight``, ...), its optimizer state in torch.optim's format
+    and its own ``records`` (val history, epoch times). Stacking exists in memory only."""
+    state = {f"model.{name}": t for name, t in network.member_state(member).items()}
+    return group | {
+        "state_dict": state,
+        "optimizer_states": [optimizer.member_state_dict(member)],
+        "slowlearn": records,
+    }
+
+
+def stack_checkpoint(checkpoint: dict[str, Any], network: MemberStack) -> None:
+    """A single run's checkpoint, in place, in the layout of a group of one, so that Lightning
+    loads it into the stack (its own keys ``model.<name>``; a group's are left as they are)."""
+    state = checkpoint["state_dict"]
+    if not any(key.startswith("model.") for key in state):
+        return
+    checkpoint["state_dict"] = {
+        f"network.stacked.{index}": stacked_layout(state[f"model.{name}"]).unsqueeze(0)
+        for index, name in enumerate(network.names)
+    }
+    checkpoint["optimizer_states"] = [stack_optimizer_states(checkpoint["optimizer_states"][:1])]
+
+
+def member_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The member's weights in a single run's checkpoint, under the member model's own keys."""
+    return {key.removeprefix("model."): t for key, t in checkpoint["state_dict"].items()}
 
 
 def best_name(epoch: int) -> str:

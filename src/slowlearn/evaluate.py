@@ -19,7 +19,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from slowlearn.module import build_module
+from slowlearn.checkpoints import member_weights
+from slowlearn.groups import build_module
 
 
 def run_config(checkpoint: Path) -> DictConfig:
@@ -35,7 +36,8 @@ def evaluate(checkpoint: Path, accelerator: str = "auto") -> dict[str, float]:
     """Test accuracy and loss of the weights in ``checkpoint`` on the official test set."""
     cfg = run_config(checkpoint)
     module = build_module([cfg])
-    module.load_member_weights([torch.load(checkpoint, map_location="cpu", weights_only=False)])
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    module.network.load_member_states([member_weights(saved)])
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,

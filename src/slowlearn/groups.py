@@ -1,5 +1,5 @@
-"""Which jobs of a sweep train as one program: those whose configs are equal except in what a
-member of a group may differ in.
+"""Which jobs of a sweep train as one program, and that program built from their configs:
+jobs whose configs are equal except in what a member of a group may differ in.
 
 A member may differ in its seed (its initial weights and its data order), its output
 activation, its objective, ``model.init``, ``optimizer.lr`` and ``loss.log_base``, and in its
@@ -13,7 +13,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import pytorch_lightning as pl
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from slowlearn.model import MemberStack
+from slowlearn.module import LitClassifier, Member, log_base_value
+from slowlearn.optimizers import OPTIMIZERS
 
 # What a member may differ in: config keys (a node stands for everything under it).
 MEMBER_KEYS = ("seed", "activation", "loss", "model.init", "optimizer.lr")
@@ -71,3 +77,44 @@ def member_differences(cfgs: Sequence[DictConfig]) -> list[str]:
     if len({cfg.seed for cfg in cfgs}) > 1:
         differing.append("seed")
     return differing
+
+
+# The keys of a config's ``module`` node that the module takes (runs from before the batched
+# launcher saved a few more, which the module now derives).
+MODULE_SETTINGS = (
+    "log_every_n_steps",
+    "diagnostics_every_n_steps",
+    "diagnostics_window",
+    "trace",
+    "backward_hooks",
+)
+
+
+def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
+    """One module for the runs of these configs, which may differ only in what a member may
+    differ in (``program_key``); one config gives a single run.
+
+    Each member's initial weights are drawn exactly as its own run draws them: the global RNG
+    seeded with its seed, then its model built.
+    """
+    networks = []
+    for cfg in cfgs:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        networks.append(instantiate(cfg.model))
+    members = [
+        Member(
+            cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.optimizer.lr
+        )
+        for cfg in cfgs
+    ]
+    first = cfgs[0]
+    optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
+    settings = {k: v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "lr")}
+    module = first.get("module") or {}
+    return LitClassifier(
+        MemberStack(networks),
+        members,
+        OPTIMIZERS[optimizer["_target_"]],
+        settings,
+        **{key: module[key] for key in MODULE_SETTINGS if key in module},
+    )

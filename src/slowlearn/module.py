@@ -19,24 +19,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.loggers import Logger
 from pytorch_lightning.strategies import SingleDeviceStrategy
-from pytorch_lightning.utilities import rank_zero_only
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from slowlearn import diagnostics
+from slowlearn.checkpoints import member_checkpoint, stack_checkpoint
 from slowlearn.losses import ACTIVATIONS, objective, targets_like
-from slowlearn.model import MemberStack, stacked_layout
-from slowlearn.optimizers import OPTIMIZERS, MemberOptimizer, stack_optimizer_states
+from slowlearn.member_logs import MemberHistory, MemberLogs
+from slowlearn.model import MemberStack
+from slowlearn.optimizers import MemberOptimizer
 
 Batch = Iterable[tuple[Tensor, Tensor]]  # one Lightning batch: a chunk of (x, y) mini-batches
 
@@ -54,53 +51,6 @@ class Member:
     @property
     def cell(self) -> tuple[str, str, float]:
         return self.activation, self.loss, self.log_base
-
-
-@dataclass
-class MemberHistory:
-    """One member's host-side record, written to its metrics.json by the entry point."""
-
-    val_history: list[dict[str, float]] = field(default_factory=list)
-    test_results: dict[str, float] = field(default_factory=dict)
-    diverged: str = ""  # why, once its training loss was not finite
-    last_finite_loss: float = math.nan
-    last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
-    interval_sum: float = 0.0
-    interval_count: int = 0
-
-
-@dataclass
-class StepRecords:
-    """Per-step values waiting on the device for the next flush to the loggers.
-
-    A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
-    """
-
-    losses: list[Tensor] = field(default_factory=list)  # [R] per step
-    trace: list[Tensor] = field(default_factory=list)  # [R, 1 + scalar parameters]
-    signal_sums: list[Tensor] = field(default_factory=list)  # [R, ERROR_SIGNAL_FIELDS]
-    layer_values: list[Tensor] = field(default_factory=list)  # [R, layer fields]
-    true_class: list[Tensor] = field(default_factory=list)  # [R, B] per diagnosed step
-    unit_bias_grads: list[list[Tensor]] = field(default_factory=list)  # per layer [R, units]
-    unit_slopes: list[list[Tensor]] = field(default_factory=list)  # per sigmoid layer
-    epoch_started: float = 0.0
-    evaluation_started: float = 0.0
-
-
-class Divergence(RuntimeError):
-    """The training loss of every member became NaN or infinite."""
-
-
-def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
-    """All of one step's values: for TensorBoard as one event (its writer costs about 0.1 ms
-    per event, and Lightning's log_metrics writes one per value: a diagnostics window of 20
-    values for each of 18 members would cost 36 ms); other loggers as Lightning logs."""
-    if not isinstance(logger, TensorBoardLogger) or rank_zero_only.rank != 0:
-        logger.log_metrics(metrics, step)  # rank zero only, as Lightning logs
-        return
-    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
-    event = Event(step=step, wall_time=time.time(), summary=Summary(value=values))
-    logger.experiment._get_file_writer().add_event(event)
 
 
 def log_base_value(base: str | float) -> float:
@@ -124,9 +74,7 @@ class LitClassifier(pl.LightningModule):
         self.automatic_optimization = False
         self.network, self.members = network, list(members)
         self.optimizer_class, self.optimizer_settings = optimizer, optimizer_settings
-        self.log_every_n_steps = log_every_n_steps
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
-        self.diagnostics_window = diagnostics_window
         self.trace = trace
         self.backward_hooks = backward_hooks
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
@@ -142,17 +90,38 @@ class LitClassifier(pl.LightningModule):
         probabilities = [ACTIVATIONS[m.activation].log_outputs is not None for m in members]
         self.register_buffer("probabilities", torch.tensor(probabilities), persistent=False)
         self.sigmoid_hidden = network.hidden_activation == "sigmoid"
-        self.layer_fields = diagnostics.layer_fields(network.layer_names, self.sigmoid_hidden)
-        # Each member's own loggers (its TensorBoard run); the trainer holds all of them.
-        self.member_loggers: list[list[Logger]] = [[] for _ in self.members]
-        # Host-side records, written to each member's metrics.json by the entry point.
-        self.histories = [MemberHistory() for _ in self.members]
+        self.logs = MemberLogs(
+            len(self.members),
+            network.layer_names,
+            diagnostics.layer_fields(network.layer_names, self.sigmoid_hidden),
+            [
+                f"param/{n}"
+                for n, p in zip(network.names, network.stacked, strict=True)
+                if p.dim() == 1
+            ],
+            log_every_n_steps,
+            diagnostics_every_n_steps,
+            diagnostics_window,
+        )
         self.epoch_seconds: list[float] = []  # whole epochs: steps, logging, validation
         # Where the time went: training steps (until validation begins) and evaluation.
         self.seconds = {"training": 0.0, "evaluation": 0.0}
-        self.records = StepRecords()
+        self.epoch_started = self.evaluation_started = 0.0
         self.eval_sums: dict[str, Tensor] = {}
         self.alive = torch.ones(len(self.members), dtype=torch.bool)
+
+    @property
+    def histories(self) -> list[MemberHistory]:
+        return self.logs.histories
+
+    @property
+    def member_loggers(self) -> list[list[Logger]]:
+        """Each member's own loggers (its TensorBoard run); the trainer holds all of them."""
+        return self.logs.loggers
+
+    @member_loggers.setter
+    def member_loggers(self, loggers: list[list[Logger]]) -> None:
+        self.logs.loggers = loggers
 
     # ------------------------------------------------------------ the objectives
 
@@ -189,7 +158,7 @@ class LitClassifier(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         optimizer = self.optimizers()
-        records, every = self.records, self.diagnostics_every_n_steps
+        records, every = self.logs.records, self.diagnostics_every_n_steps
         first_step = self.global_step  # updates made before this chunk
         for offset, (x, y) in enumerate(batch):
             diagnose = (
@@ -216,7 +185,9 @@ class LitClassifier(pl.LightningModule):
                 self._trace_step(logits.detach())
             optimizer.step()
             records.losses.append(losses.detach())
-        self._flush_step_logs(first_step)
+        self._show_progress(self.logs.flush_steps(first_step))
+        if self.logs.window_is_full():
+            self.logs.flush_diagnostics(self.global_step)
 
     def _record_diagnostics(
         self, logits: Tensor, labels: Tensor, targets: Tensor, grad: Tensor, hidden: list[Tensor]
@@ -235,7 +206,7 @@ class LitClassifier(pl.LightningModule):
             slopes,
             factor,
         )
-        records = self.records
+        records = self.logs.records
         records.signal_sums.append(sums)
         records.layer_values.append(values)
         records.true_class.append(true_class)
@@ -247,7 +218,7 @@ class LitClassifier(pl.LightningModule):
     def _trace_step(self, logits: Tensor) -> None:
         columns = [self.outputs(logits).flatten(1).mean(dim=1)]
         columns += [p.detach() for p in self.network.stacked if p.dim() == 1]
-        self.records.trace.append(torch.stack(columns, dim=1))
+        self.logs.records.trace.append(torch.stack(columns, dim=1))
 
     def _log_initial_learning_speed(self) -> None:
         """Each layer's ||dC/db|| at the initial weights, over a fixed set of training images
@@ -263,55 +234,7 @@ class LitClassifier(pl.LightningModule):
         norms = torch.stack([diagnostics.member_norms(g) for g in grads], dim=1).tolist()
         for member, row in enumerate(norms):
             names = [f"diag/bias_grad_norm/{name}" for name in self.network.layer_names]
-            self._log(member, dict(zip(names, row, strict=True)), 0)
-
-    def _flush_step_logs(self, first_step: int) -> None:
-        """Send this chunk's per-step values to the loggers: one host sync per chunk.
-
-        A value is logged at the number of updates made before it was computed, the same
-        x-axis as validation: the loss at step 0 is the loss of the initial weights.
-        """
-        records = self.records
-        losses = torch.stack(records.losses).T.tolist()  # [R][K]
-        for member, (history, values) in enumerate(zip(self.histories, losses, strict=True)):
-            if history.diverged:
-                continue
-            for step, value in enumerate(values, start=first_step):
-                if not math.isfinite(value):
-                    history.diverged = (
-                        f"training loss is {value} at step {step}; "
-                        f"last finite loss {history.last_finite_loss:.6g}"
-                    )
-                    break
-                history.last_finite_loss = value
-                history.interval_sum += value
-                history.interval_count += 1
-                if (step + 1) % self.log_every_n_steps == 0:
-                    history.last_logged_loss = history.interval_sum / history.interval_count
-                    self._log(member, {"train/loss": history.last_logged_loss}, step)
-                    history.interval_sum, history.interval_count = 0.0, 0
-        if records.trace:
-            names = ["train/output"] + [
-                f"param/{name}"
-                for name, p in zip(self.network.names, self.network.stacked, strict=True)
-                if p.dim() == 1
-            ]
-            traced = torch.stack(records.trace, dim=1).tolist()  # [R][K][columns]
-            for member, rows in enumerate(traced):
-                for step, row in enumerate(rows, first_step):
-                    self._log(member, dict(zip(names, row, strict=True)), step)
-        records.losses.clear()
-        records.trace.clear()
-        self._show_progress(losses)
-        if all(history.diverged for history in self.histories):
-            raise Divergence(
-                self.histories[0].diverged
-                if len(self.histories) == 1
-                else ("every member's training loss stopped being finite")
-            )
-        diagnosed_steps = len(records.signal_sums) * self.diagnostics_every_n_steps
-        if diagnosed_steps >= self.diagnostics_window:
-            self._flush_diagnostics()
+            self.logs.log(member, dict(zip(names, row, strict=True)), 0)
 
     def _show_progress(self, losses: list[list[float]]) -> None:
         """The progress bar's values: the loss of a single run, the number of members still
@@ -319,52 +242,7 @@ class LitClassifier(pl.LightningModule):
         if len(self.members) == 1:
             self.log("loss", losses[0][-1], prog_bar=True, logger=False)
         else:
-            training = sum(not history.diverged for history in self.histories)
-            self.log("members", float(training), prog_bar=True, logger=False)
-
-    def _flush_diagnostics(self) -> None:
-        records = self.records
-        if not records.signal_sums:
-            return
-        sums = torch.stack(records.signal_sums).sum(dim=0).tolist()
-        values = torch.stack(records.layer_values).mean(dim=0).tolist()
-        for member, history in enumerate(self.histories):
-            if history.diverged:
-                continue
-            metrics = diagnostics.window_means(sums[member])
-            metrics |= dict(zip(self.layer_fields, values[member], strict=True))
-            self._log(member, {f"diag/{name}": v for name, v in metrics.items()}, self.global_step)
-        records.signal_sums.clear()
-        records.layer_values.clear()
-
-    def _log(self, member: int, metrics: dict[str, float], step: int) -> None:
-        for logger in self.member_loggers[member]:
-            log_scalars(logger, metrics, step)
-
-    def _log_histograms(self) -> None:
-        """Per epoch: the per-sample |de/dz_y|, and per layer the per-unit mean |dC/db_j| and
-        (sigmoid layers) mean slope, each under a tag that no scalar uses."""
-        records = self.records
-        if not records.true_class:
-            return
-        series = {"hist/error_signal_true_class": torch.cat(records.true_class, dim=1)}
-        names = self.network.layer_names
-        for index, name in enumerate(names):
-            units = torch.stack([step[index] for step in records.unit_bias_grads]).mean(dim=0)
-            series[f"hist/bias_grad/{name}"] = units
-        for index, name in enumerate(names[:-1] if records.unit_slopes[0] else []):
-            units = torch.stack([step[index] for step in records.unit_slopes]).mean(dim=0)
-            series[f"hist/sigmoid_slope/{name}"] = units
-        for member, history in enumerate(self.histories):
-            if history.diverged:
-                continue
-            for logger in self.member_loggers[member]:
-                if isinstance(logger, TensorBoardLogger):
-                    for tag, values in series.items():
-                        logger.experiment.add_histogram(tag, values[member], self.global_step)
-        records.true_class.clear()
-        records.unit_bias_grads.clear()
-        records.unit_slopes.clear()
+            self.log("members", float(len(self.logs.training())), prog_bar=True, logger=False)
 
     def clock(self) -> float:
         """Now, once the device has caught up (a CUDA step may still be running)."""
@@ -373,34 +251,30 @@ class LitClassifier(pl.LightningModule):
         return time.perf_counter()
 
     def on_train_epoch_start(self) -> None:
-        self.records.epoch_started = self.records.evaluation_started = self.clock()
+        self.epoch_started = self.evaluation_started = self.clock()
 
     def on_validation_start(self) -> None:
         now = self.clock()
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.seconds["training"] += now - self.records.epoch_started
-        self.records.evaluation_started = now
+            self.seconds["training"] += now - self.epoch_started
+        self.evaluation_started = now
 
     def on_validation_end(self) -> None:
-        self.seconds["evaluation"] += self.clock() - self.records.evaluation_started
+        self.seconds["evaluation"] += self.clock() - self.evaluation_started
 
     on_test_start = on_validation_start
     on_test_end = on_validation_end
 
     def on_train_epoch_end(self) -> None:
         now = self.clock()
-        if self.records.evaluation_started == self.records.epoch_started:  # no validation
-            self.seconds["training"] += now - self.records.epoch_started
-        self.epoch_seconds.append(now - self.records.epoch_started)
-        self._flush_diagnostics()
-        self._log_histograms()
-        for member, history in enumerate(self.histories):
-            if not history.diverged:
-                metrics = {
-                    "time/epoch_seconds": self.epoch_seconds[-1],
-                    "epoch": self.current_epoch,
-                }
-                self._log(member, metrics, self.global_step)
+        if self.evaluation_started == self.epoch_started:  # no validation
+            self.seconds["training"] += now - self.epoch_started
+        self.epoch_seconds.append(now - self.epoch_started)
+        self.logs.flush_diagnostics(self.global_step)
+        self.logs.log_histograms(self.global_step)
+        metrics = {"time/epoch_seconds": self.epoch_seconds[-1], "epoch": self.current_epoch}
+        for member in self.logs.training():
+            self.logs.log(member, metrics, self.global_step)
 
     # ------------------------------------------------------------ evaluation
 
@@ -437,7 +311,7 @@ class LitClassifier(pl.LightningModule):
                 values[f"{stage}/output"] = row[3] / row[2]
             results.append(values)
             if not self.histories[member].diverged:
-                self._log(member, values, self.global_step)
+                self.logs.log(member, values, self.global_step)
         training = [r for r, h in zip(results, self.histories, strict=True) if not h.diverged]
         if len(results) == 1:  # for the progress bar and callbacks
             self.log_dict(results[0], prog_bar=True, logger=False)
@@ -473,38 +347,17 @@ class LitClassifier(pl.LightningModule):
     # ------------------------------------------------------------ checkpoints
 
     def member_checkpoint(self, checkpoint: dict[str, Any], member: int) -> dict[str, Any]:
-        """A single run's checkpoint of ``member``, from the group's: its own weights under a
-        single run's keys (``model.0.weight``, ...), its optimizer state in torch.optim's
-        format and its own records. Stacking exists in memory only."""
-        state = {f"model.{name}": t for name, t in self.network.member_state(member).items()}
-        history = self.histories[member]
-        return checkpoint | {
-            "state_dict": state,
-            "optimizer_states": [self.optimizers().optimizer.member_state_dict(member)],
-            "slowlearn": {"val_history": history.val_history, "epoch_seconds": self.epoch_seconds},
+        """A single run's checkpoint of ``member``, from the group's (``slowlearn.checkpoints``)."""
+        records = {
+            "val_history": self.histories[member].val_history,
+            "epoch_seconds": self.epoch_seconds,
         }
-
-    def load_member_weights(self, checkpoints: Sequence[dict[str, Any]]) -> None:
-        """Set each member's weights from its single-run checkpoint."""
-        self.network.load_member_states(
-            [
-                {key.removeprefix("model."): t for key, t in c["state_dict"].items()}
-                for c in checkpoints
-            ]
-        )
+        optimizer = self.optimizers().optimizer
+        return member_checkpoint(checkpoint, self.network, optimizer, member, records)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume from a single run's checkpoint (a group of one): its weights and optimizer
-        state in this module's stacked layout, and its records."""
-        state = checkpoint["state_dict"]
-        if any(key.startswith("model.") for key in state):
-            checkpoint["state_dict"] = {
-                f"network.stacked.{index}": stacked_layout(state[f"model.{name}"]).unsqueeze(0)
-                for index, name in enumerate(self.network.names)
-            }
-            checkpoint["optimizer_states"] = [
-                stack_optimizer_states(checkpoint["optimizer_states"][:1])
-            ]
+        """Resume from a single run's checkpoint (a group of one), and its records."""
+        stack_checkpoint(checkpoint, self.network)
         records = checkpoint.get("slowlearn", {})
         self.histories[0].val_history = records.get("val_history", [])
         self.epoch_seconds = records.get("epoch_seconds", [])
@@ -518,44 +371,3 @@ class LitClassifier(pl.LightningModule):
         )
         self.alive = optimizer.alive  # the mask that training_step clears and step() reads
         return optimizer
-
-
-# The keys of a config's ``module`` node that the module takes (runs from before the batched
-# launcher saved a few more, which the module now derives).
-MODULE_SETTINGS = (
-    "log_every_n_steps",
-    "diagnostics_every_n_steps",
-    "diagnostics_window",
-    "trace",
-    "backward_hooks",
-)
-
-
-def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
-    """One module for the runs of these configs, which may differ only in what a member may
-    differ in (``slowlearn.groups``); one config gives a single run.
-
-    Each member's initial weights are drawn exactly as its own run draws them: the global RNG
-    seeded with its seed, then its model built.
-    """
-    networks = []
-    for cfg in cfgs:
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        networks.append(instantiate(cfg.model))
-    members = [
-        Member(
-            cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.optimizer.lr
-        )
-        for cfg in cfgs
-    ]
-    first = cfgs[0]
-    optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
-    settings = {k: v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "lr")}
-    module = first.get("module") or {}
-    return LitClassifier(
-        MemberStack(networks),
-        members,
-        OPTIMIZERS[optimizer["_target_"]],
-        settings,
-        **{key: module[key] for key in MODULE_SETTINGS if key in module},
-    )

@@ -34,7 +34,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from slowlearn.checkpoints import LAST, MemberCheckpoints
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
-from slowlearn.module import Divergence, build_module
+from slowlearn.groups import build_module
+from slowlearn.member_logs import Divergence
 from slowlearn.naming import register_resolvers
 from slowlearn.prepare import DataError
 from slowlearn.progress import StepProgressBar

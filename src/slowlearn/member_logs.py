@@ -1,0 +1,175 @@
+"""What each member's TensorBoard run gets, and when, and each member's host-side record.
+
+Per-step values (losses, traces, diagnostics) wait on the device and reach the loggers once
+per chunk, in one host transfer for all members. ``train/loss`` is the mean over each window
+of ``log_every_n_steps``; the diagnostics are means over windows of at least
+``diagnostics_window`` steps; histograms are written once per epoch. A value is logged at the
+number of updates made before it was computed, the x-axis of every curve. A member whose loss
+stopped being finite is recorded as diverged, with its step, and gets nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
+
+from slowlearn import diagnostics
+
+
+class Divergence(RuntimeError):
+    """The training loss of every member became NaN or infinite."""
+
+
+@dataclass
+class MemberHistory:
+    """One member's host-side record, written to its metrics.json by the entry point."""
+
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    test_results: dict[str, float] = field(default_factory=dict)
+    diverged: str = ""  # why, once its training loss was not finite
+    last_finite_loss: float = math.nan
+    last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
+    interval_sum: float = 0.0
+    interval_count: int = 0
+
+
+@dataclass
+class StepRecords:
+    """Per-step values waiting on the device for the next flush to the loggers.
+
+    A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
+    """
+
+    losses: list[Tensor] = field(default_factory=list)  # [R] per step
+    trace: list[Tensor] = field(default_factory=list)  # [R, 1 + scalar parameters]
+    signal_sums: list[Tensor] = field(default_factory=list)  # [R, ERROR_SIGNAL_FIELDS]
+    layer_values: list[Tensor] = field(default_factory=list)  # [R, layer fields]
+    true_class: list[Tensor] = field(default_factory=list)  # [R, B] per diagnosed step
+    unit_bias_grads: list[list[Tensor]] = field(default_factory=list)  # per layer [R, units]
+    unit_slopes: list[list[Tensor]] = field(default_factory=list)  # per sigmoid layer
+
+
+def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
+    """All of one step's values: for TensorBoard as one event (its writer costs about 0.1 ms
+    per event, and Lightning's log_metrics writes one per value: a diagnostics window of 20
+    values for each of 18 members would cost 36 ms); other loggers as Lightning logs."""
+    if not isinstance(logger, TensorBoardLogger) or rank_zero_only.rank != 0:
+        logger.log_metrics(metrics, step)  # rank zero only, as Lightning logs
+        return
+    values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+    event = Event(step=step, wall_time=time.time(), summary=Summary(value=values))
+    logger.experiment._get_file_writer().add_event(event)
+
+
+class MemberLogs:
+    def __init__(
+        self,
+        members: int,
+        layer_names: Sequence[str],
+        layer_fields: Sequence[str],
+        trace_names: Sequence[str],
+        log_every_n_steps: int,
+        diagnostics_every_n_steps: int,
+        diagnostics_window: int,
+    ) -> None:
+        self.layer_names, self.layer_fields = list(layer_names), list(layer_fields)
+        self.trace_names = ["train/output", *trace_names]
+        self.log_every_n_steps = log_every_n_steps
+        self.diagnostics_every_n_steps = diagnostics_every_n_steps
+        self.diagnostics_window = diagnostics_window
+        self.loggers: list[list[Logger]] = [[] for _ in range(members)]  # each member's own
+        self.histories = [MemberHistory() for _ in range(members)]
+        self.records = StepRecords()
+
+    def training(self) -> list[int]:
+        """The members still training (not diverged)."""
+        return [member for member, history in enumerate(self.histories) if not history.diverged]
+
+    def log(self, member: int, metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers[member]:
+            log_scalars(logger, metrics, step)
+
+    def flush_steps(self, first_step: int) -> list[list[float]]:
+        """Send this chunk's per-step values to the loggers; return the losses [R][K].
+
+        Raises Divergence once every member's loss has stopped being finite.
+        """
+        records = self.records
+        losses = torch.stack(records.losses).T.tolist()
+        for member in self.training():
+            history = self.histories[member]
+            for step, value in enumerate(losses[member], start=first_step):
+                if not math.isfinite(value):
+                    history.diverged = (
+                        f"training loss is {value} at step {step}; "
+                        f"last finite loss {history.last_finite_loss:.6g}"
+                    )
+                    break
+                history.last_finite_loss = value
+                history.interval_sum += value
+                history.interval_count += 1
+                if (step + 1) % self.log_every_n_steps == 0:
+                    history.last_logged_loss = history.interval_sum / history.interval_count
+                    self.log(member, {"train/loss": history.last_logged_loss}, step)
+                    history.interval_sum, history.interval_count = 0.0, 0
+        if records.trace:
+            traced = torch.stack(records.trace, dim=1).tolist()  # [R][K][columns]
+            for member, rows in enumerate(traced):
+                for step, row in enumerate(rows, first_step):
+                    self.log(member, dict(zip(self.trace_names, row, strict=True)), step)
+        records.losses.clear()
+        records.trace.clear()
+        if not self.training():
+            only = len(self.histories) == 1
+            raise Divergence(
+                self.histories[0].diverged if only else "every member's loss stopped being finite"
+            )
+        return losses
+
+    def window_is_full(self) -> bool:
+        diagnosed_steps = len(self.records.signal_sums) * self.diagnostics_every_n_steps
+        return diagnosed_steps >= self.diagnostics_window
+
+    def flush_diagnostics(self, step: int) -> None:
+        records = self.records
+        if not records.signal_sums:
+            return
+        sums = torch.stack(records.signal_sums).sum(dim=0).tolist()
+        values = torch.stack(records.layer_values).mean(dim=0).tolist()
+        for member in self.training():
+            metrics = diagnostics.window_means(sums[member])
+            metrics |= dict(zip(self.layer_fields, values[member], strict=True))
+            self.log(member, {f"diag/{name}": v for name, v in metrics.items()}, step)
+        records.signal_sums.clear()
+        records.layer_values.clear()
+
+    def log_histograms(self, step: int) -> None:
+        """Per epoch: the per-sample |de/dz_y|, and per layer the per-unit mean |dC/db_j| and
+        (sigmoid layers) mean slope, each under a tag that no scalar uses."""
+        records = self.records
+        if not records.true_class:
+            return
+        series = {"hist/error_signal_true_class": torch.cat(records.true_class, dim=1)}
+        for index, name in enumerate(self.layer_names):
+            units = torch.stack([step[index] for step in records.unit_bias_grads]).mean(dim=0)
+            series[f"hist/bias_grad/{name}"] = units
+        for index, name in enumerate(self.layer_names[:-1] if records.unit_slopes[0] else []):
+            units = torch.stack([step[index] for step in records.unit_slopes]).mean(dim=0)
+            series[f"hist/sigmoid_slope/{name}"] = units
+        for member in self.training():
+            for logger in self.loggers[member]:
+                if isinstance(logger, TensorBoardLogger):
+                    for tag, values in series.items():
+                        logger.experiment.add_histogram(tag, values[member], step)
+        records.true_class.clear()
+        records.unit_bias_grads.clear()
+        records.unit_slopes.clear()
