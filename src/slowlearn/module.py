@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -30,12 +30,20 @@ from torch import Tensor
 
 from slowlearn import diagnostics
 from slowlearn.checkpoints import member_checkpoint, stack_checkpoint
-from slowlearn.losses import ACTIVATIONS, objective, targets_like
+from slowlearn.losses import ACTIVATIONS, Objective, objective, targets_like
 from slowlearn.member_logs import MemberHistory, MemberLogs
 from slowlearn.model import MemberStack
 from slowlearn.optimizers import MemberOptimizer
 
 Batch = Iterable[tuple[Tensor, Tensor]]  # one Lightning batch: a chunk of (x, y) mini-batches
+
+
+class Cell(NamedTuple):
+    """The members of one cell, side by side in the stack, and their objective and outputs."""
+
+    members: slice
+    objective: Objective
+    outputs: Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -79,13 +87,15 @@ class LitClassifier(pl.LightningModule):
         self.backward_hooks = backward_hooks
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
         # Members of one cell sit side by side: each objective runs once over its slice.
-        self.cells: list[tuple[slice, Any, Any]] = []
+        self.cells: list[Cell] = []
         start = 0
         for stop in range(1, len(self.members) + 1):
             if stop == len(self.members) or self.members[stop].cell != self.members[start].cell:
                 activation, loss, base = self.members[start].cell
-                outputs = ACTIVATIONS[activation].outputs
-                self.cells.append((slice(start, stop), objective(activation, loss, base), outputs))
+                cell_objective = objective(activation, loss, base)
+                self.cells.append(
+                    Cell(slice(start, stop), cell_objective, ACTIVATIONS[activation].outputs)
+                )
                 start = stop
         probabilities = [ACTIVATIONS[m.activation].log_outputs is not None for m in members]
         self.register_buffer("probabilities", torch.tensor(probabilities), persistent=False)
@@ -130,15 +140,12 @@ class LitClassifier(pl.LightningModule):
         are float rows shaped like the logits (``losses.targets_like``, made once per step
         for every cell)."""
         return torch.cat(
-            [
-                cell_objective(logits[members], targets[members])
-                for members, cell_objective, _ in self.cells
-            ]
+            [cell.objective(logits[cell.members], targets[cell.members]) for cell in self.cells]
         )
 
     def outputs(self, logits: Tensor) -> Tensor:
         """o = activation(z) of every member, [R, B, c]."""
-        return torch.cat([outputs(logits[members]) for members, _, outputs in self.cells])
+        return torch.cat([cell.outputs(logits[cell.members]) for cell in self.cells])
 
     # ------------------------------------------------------------ training
 

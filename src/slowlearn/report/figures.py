@@ -31,7 +31,7 @@ CELL_ORDER = (
     "identity+mse",
 )
 PANELS = [
-    ("Validation accuracy", "val accuracy (%)", "linear"),
+    ("Accuracy: validation (dots), sampled training steps (dotted)", "accuracy (%)", "linear"),
     ("Training loss (means over logging windows)", "each cell's own objective (log scale)", "log"),
     (
         "Output error signal at the true class\nsolid: samples classified right, dashed: wrong",
@@ -60,7 +60,7 @@ def plot_band(ax: Axes, group: Group, tag: str, color: Any, **line: Any) -> None
     steps, values = aligned(group.runs, tag)
     if not len(steps):
         return
-    scale = 100 if tag.endswith("acc") else 1
+    scale = 100 if "acc" in tag else 1  # accuracies in percent
     with np.errstate(all="ignore"):  # a step where no seed has a value stays a gap
         mean, low, high = (f(values, axis=0) for f in (np.nanmean, np.nanmin, np.nanmax))
     ax.plot(steps, scale * mean, color=color, **line)
@@ -102,6 +102,7 @@ def curves_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> byte
             at_lr = f", lr {lr_text(group.context['lr'])}" if choices else ""
             label = f"{group.cell}{at_lr} (n={len(group.runs)})"
             plot_band(row[0], group, "val/acc", color, marker="o", markersize=4, label=label)
+            plot_band(row[0], group, "diag/train_acc_sampled", color, linestyle=":", linewidth=1)
             plot_band(row[1], group, "train/loss", color)
             plot_band(row[2], group, "diag/error_signal/true_class_right", color)
             plot_band(row[2], group, "diag/error_signal/true_class_wrong", color, linestyle="--")
@@ -122,7 +123,7 @@ def curves_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> byte
     fig.suptitle(
         f"{folder.name}: {which}mean over seeds, band: min to max; dotted: end of an epoch"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
     return png(fig)
 
 

@@ -152,6 +152,14 @@ def lr_findings(choices: list[BestLr]) -> list[str]:
     return paragraphs
 
 
+def lr_relation(mse: BestLr, ce: BestLr) -> str:
+    """How the tuned MSE lr compares with cross entropy's: the sceptic's "give it more"."""
+    ratio = mse.lr / ce.lr
+    if ratio == 1:
+        return "at the same lr as cross entropy"
+    return f"at an lr {ratio:.3g}x " + ("as large" if ratio > 1 else "cross entropy's")
+
+
 def tuned_comparison(mse: BestLr, ce: BestLr) -> str:
     gap = 100 * (ce.mean("epoch1_val_acc") - mse.mean("epoch1_val_acc"))
     ours, theirs = percent(mse.mean("epoch1_val_acc")), percent(ce.mean("epoch1_val_acc"))
@@ -163,11 +171,7 @@ def tuned_comparison(mse: BestLr, ce: BestLr) -> str:
     if abs(gap) < SMALL_GAP:
         sentence += f": within {SMALL_GAP:.0f} points, so tuning its lr closes the gap"
     elif gap > 0:
-        ratio = mse.lr / ce.lr
-        sentence += (
-            f": no lr in the grid brings it within {gap:.1f} points; its best lr is "
-            f"{ratio:.3g}x cross entropy's"
-        )
+        sentence += f": no lr in the grid brings it within {gap:.1f} points, {lr_relation(mse, ce)}"
     else:
         sentence += f": tuned, it is ahead by {-gap:.1f} points"
     test = (mse.mean("test_acc"), ce.mean("test_acc"))
@@ -182,18 +186,30 @@ def tuned_comparison(mse: BestLr, ce: BestLr) -> str:
     return sentence + "."
 
 
+def span(values: list[float]) -> str:
+    """A range of accuracies, or one value when they agree to the shown precision."""
+    low, high = percent(min(values)), percent(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
 def depth_findings(groups: list[Group]) -> list[str]:
-    """At each depth (and other setting), which objectives leave chance by the end."""
+    """At each depth (and other setting), which objectives leave chance by the end; then, per
+    other setting, the depths at which each kind of objective does."""
     paragraphs = []
     key = "final_val_acc"
+    left: dict[tuple, dict[str, dict[int, None]]] = {}
     for context in dict.fromkeys(group.context_label for group in groups):
         beside = [g for g in groups if g.context_label == context and g.values(key)]
         if not beside:
             continue
-        epochs = beside[0].runs[0].settings["max_epochs"]
+        epochs, depth = beside[0].runs[0].settings["max_epochs"], beside[0].context["depth"]
+        kinds = left.setdefault(beside[0].without("depth"), {})
+        for group in beside:
+            if group.mean(key) >= CHANCE:
+                kind = "cross entropy" if group.cell in CROSS_ENTROPY else group.cell
+                kinds.setdefault(kind, {})[depth] = None  # each depth once, in order
         lead = f"with {context}, "
-        left = [g for g in beside if g.mean(key) >= CHANCE]
-        if not left:
+        if all(g.mean(key) < CHANCE for g in beside):
             best = max(g.mean(key) for g in beside)
             paragraphs.append(
                 capitalised(
@@ -203,19 +219,29 @@ def depth_findings(groups: list[Group]) -> list[str]:
                 )
             )
             continue
-        cross = [g for g in beside if g.cell in CROSS_ENTROPY]
         parts = []
+        cross = [g.mean(key) for g in beside if g.cell in CROSS_ENTROPY]
         if cross:
-            values = sorted(g.mean(key) for g in cross)
-            span = percent(values[0]) + (f"–{percent(values[-1])}" if len(values) > 1 else "")
-            parts.append(f"the cross-entropy cells reach {span}")
-        for group in (g for g in beside if g.cell in SLOW_LEARNERS):
-            state = "stays at chance" if group.mean(key) < CHANCE else "reaches"
-            parts.append(f"{group.cell} {state} {percent(group.mean(key))}")
+            parts.append(f"the cross-entropy cells reach {span(cross)}")
+        for group in (g for g in beside if g.cell in (*SLOW_LEARNERS, CONTROL, "sigmoid+nll")):
+            at_chance = group.mean(key) < CHANCE
+            name = f"the control {CONTROL}" if group.cell == CONTROL else group.cell
+            value = percent(group.mean(key))
+            parts.append(
+                f"{name} stays at chance ({value})" if at_chance else f"{name} reaches {value}"
+            )
         paragraphs.append(
-            capitalised(f"{lead}after {epochs} epochs {and_join(parts)} (final val accuracy).")
+            capitalised(f"{lead}after {epochs} epochs (final val accuracy) {and_join(parts)}.")
         )
-        paragraphs += side_notes(lead, beside, key)
+    for context, kinds in left.items():
+        label = ", ".join(f"{key}={value}" for key, value in context)
+        listed = [
+            f"{kind} at depth{'s' * (len(depths) > 1)} {and_join([str(d) for d in depths])}"
+            for kind, depths in kinds.items()
+        ]
+        lead = f"with {label}, " if label else ""
+        leave = "; ".join(listed) if listed else "none at any depth"
+        paragraphs.append(capitalised(f"{lead}the objectives that leave chance: {leave}."))
     return paragraphs
 
 
