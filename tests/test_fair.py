@@ -221,6 +221,10 @@ def test_the_report_of_a_depth_sweep_has_a_depth_column_and_row(
     with (tmp_path / "summary.csv").open() as f:
         depths = {(row["cell"], row["init"], row["depth"]) for row in csv.DictReader(f)}
     assert len(depths) == 8 and {depth for *_, depth in depths} == {"1", "2"}
-    assert len(findings) == 4  # one per depth and init
-    assert all(f.startswith("With init=") and ", depth=" in f for f in findings)
+    assert len(findings) == 6  # one per depth and init, and a summary per init
+    assert all(f.startswith("With init=") and ", depth=" in f for f in findings[:4])
+    assert all("the objectives that leave chance:" in f for f in findings[4:])
+    text = (tmp_path / "report.md").read_text()
+    table = text.split("## Final val accuracy by depth")[1].split("## Results by group")[0]
+    assert "| init=default | depth 1 | depth 2 |" in table and "| softmax+nll |" in table
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")

@@ -11,7 +11,7 @@ Both return logits z; the output activation and the objective live in ``slowlear
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +21,12 @@ HIDDEN_ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
+}
+# The same functions for the stack: a module call costs hook dispatch at every layer and step.
+STACKED_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "tanh": torch.tanh,
 }
 INITS = ("default", "scaled_normal", "large", "xavier")
 
@@ -137,7 +143,7 @@ class DMLP(nn.Sequential):
         ``params`` are the stacked parameters in ``named_parameters`` order, weight ([R, in,
         out], see ``stacked_layout``) and bias of each layer in turn.
         """
-        activation = self[1] if len(self) > 1 else None
+        activation = STACKED_ACTIVATIONS[self.hidden_activation]
         hidden: list[Tensor] = []
         h = x
         last = len(params) // 2 - 1

@@ -139,12 +139,16 @@ class LitClassifier(pl.LightningModule):
         """[R]: each member's batch mean of its own objective, one call per cell. ``targets``
         are float rows shaped like the logits (``losses.targets_like``, made once per step
         for every cell)."""
+        if len(self.cells) == 1:  # a single run, or a group of one cell: no slices to join
+            return self.cells[0].objective(logits, targets)
         return torch.cat(
             [cell.objective(logits[cell.members], targets[cell.members]) for cell in self.cells]
         )
 
     def outputs(self, logits: Tensor) -> Tensor:
         """o = activation(z) of every member, [R, B, c]."""
+        if len(self.cells) == 1:
+            return self.cells[0].outputs(logits)
         return torch.cat([cell.outputs(logits[cell.members]) for cell in self.cells])
 
     # ------------------------------------------------------------ training

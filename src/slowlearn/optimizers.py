@@ -30,9 +30,9 @@ from slowlearn.model import stacked_layout
 PER_MEMBER_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq")
 
 
-def per_member(values: Tensor, like: Tensor) -> Tensor:
-    """[R] viewed as [R, 1, ...] to broadcast over one stacked parameter."""
-    return values.view(-1, *[1] * (like.dim() - 1))
+def member_axis(param: Tensor) -> tuple[int, ...]:
+    """The shape that views [R] values as [R, 1, ...], to broadcast over a stacked parameter."""
+    return (-1,) + (1,) * (param.dim() - 1)
 
 
 class MemberOptimizer(torch.optim.Optimizer):
@@ -55,6 +55,10 @@ class MemberOptimizer(torch.optim.Optimizer):
         self.alive = torch.ones(len(lr), dtype=torch.bool, device=device)
         # Parameters whose gradient the network has already selected (zero when frozen).
         self.selected = {id(param) for param in selected}
+        # Worked out once: a method call on an nn.Parameter costs tens of microseconds.
+        self.member_axes = {
+            id(param): member_axis(param) for param in self.param_groups[0]["params"]
+        }
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -63,25 +67,35 @@ class MemberOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every member: torch's ``_foreach`` ops take all parameters in one
+        call each (a small model's step is mostly per-call overhead)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
+        params = [param for param in group["params"] if param.grad is not None]
+        axes = [self.member_axes[id(param)] for param in params]
+        grads = [  # select, never multiply: NaN times 0 is NaN
+            param.grad
+            if id(param) in self.selected
+            else torch.where(self.alive.view(axis), param.grad, 0.0)
+            for param, axis in zip(params, axes, strict=True)
+        ]
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
         lr = torch.where(self.alive, self.lr, 0.0)
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            grad = param.grad
-            if id(param) not in self.selected:  # select, never multiply: NaN times 0 is NaN
-                grad = torch.where(per_member(self.alive, param), grad, 0.0)
-            if group["weight_decay"]:
-                grad = grad.add(param, alpha=group["weight_decay"])
-            self.update(param, grad, per_member(lr, param), self.state[param], group)
+        lrs = [lr.view(axis) for axis in axes]
+        self.update(params, grads, lrs, [self.state[param] for param in params], group)
         return loss
 
     def update(
-        self, param: Tensor, grad: Tensor, lr: Tensor, state: dict, group: dict
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        lrs: list[Tensor],
+        states: list[dict],
+        group: dict,
     ) -> None:  # pragma: no cover - every rule overrides it
         raise NotImplementedError
 
@@ -153,16 +167,28 @@ class SGD(MemberOptimizer):
             nesterov=nesterov,
         )
 
-    def update(self, param: Tensor, grad: Tensor, lr: Tensor, state: dict, group: dict) -> None:
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        lrs: list[Tensor],
+        states: list[dict],
+        group: dict,
+    ) -> None:
         momentum = group["momentum"]
         if momentum:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = grad.clone()
+            if "momentum_buffer" not in states[0]:  # the first step: v = g
+                for state, grad in zip(states, grads, strict=True):
+                    state["momentum_buffer"] = grad.clone()
             else:
-                buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-            grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-        param.addcmul_(grad, lr, value=-1)
+                buffers = [state["momentum_buffer"] for state in states]
+                torch._foreach_mul_(buffers, momentum)
+                torch._foreach_add_(buffers, grads, alpha=1 - group["dampening"])
+            buffers = [state["momentum_buffer"] for state in states]
+            grads = (
+                torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+            )
+        torch._foreach_addcmul_(params, grads, lrs, value=-1)
 
 
 class Adam(MemberOptimizer):
@@ -184,19 +210,32 @@ class Adam(MemberOptimizer):
             params, lr, selected, betas=tuple(betas), eps=eps, weight_decay=weight_decay
         )
 
-    def update(self, param: Tensor, grad: Tensor, lr: Tensor, state: dict, group: dict) -> None:
+    def update(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        lrs: list[Tensor],
+        states: list[dict],
+        group: dict,
+    ) -> None:
         beta1, beta2 = group["betas"]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(param)
-            state["exp_avg_sq"] = torch.zeros_like(param)
-        state["step"] += 1
-        step = state["step"].item()  # a CPU tensor, as torch.optim keeps it: no device sync
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step_size = lr / (1 - beta1**step)
-        denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
-        param.addcdiv_(state["exp_avg"] * step_size, denom, value=-1)
+        for state, param in zip(states, params, strict=True):
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] += 1
+        step = states[0]["step"].item()  # a CPU tensor, as torch.optim keeps it: no device sync
+        averages = [state["exp_avg"] for state in states]
+        squares = [state["exp_avg_sq"] for state in states]
+        torch._foreach_lerp_(averages, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(squares)
+        torch._foreach_div_(denominators, (1 - beta2**step) ** 0.5)
+        torch._foreach_add_(denominators, group["eps"])
+        steps = torch._foreach_mul(averages, [lr / (1 - beta1**step) for lr in lrs])
+        torch._foreach_addcdiv_(params, steps, denominators, value=-1)
 
 
 OPTIMIZERS: dict[str, type[MemberOptimizer]] = {

@@ -23,7 +23,14 @@ from slowlearn.report.aggregate import write_aggregates
 from slowlearn.report.figures import curves_png, lr_sensitivity_png
 from slowlearn.report.findings import finding, not_completed
 from slowlearn.report.runs import Group, Run, group_runs, is_lr_sweep, read_runs
-from slowlearn.report.tables import BestLr, best_lr_table, best_lrs, groups_table, summary_csv
+from slowlearn.report.tables import (
+    BestLr,
+    best_lr_table,
+    best_lrs,
+    depth_table,
+    groups_table,
+    summary_csv,
+)
 
 OUTPUTS = ("summary.csv", "report.md", "curves.png")
 LR_SENSITIVITY = "lr_sensitivity.png"
@@ -57,6 +64,18 @@ def report_md(
             *group_table,
             "",
             "</details>",
+        ]
+    elif any("depth" in group.context for group in groups):
+        lines += [
+            "## Final val accuracy by depth",
+            "",
+            "Mean over seeds after the last epoch (chance: 10%).",
+            "",
+            *depth_table(groups),
+            "",
+            "## Results by group",
+            "",
+            *group_table,
         ]
     else:
         lines += ["## Results by group", "", *group_table]

@@ -203,6 +203,7 @@ def depth_findings(groups: list[Group]) -> list[str]:
         if not beside:
             continue
         epochs, depth = beside[0].runs[0].settings["max_epochs"], beside[0].context["depth"]
+        epochs = f"{epochs} epoch{'s' * (epochs != 1)}"
         kinds = left.setdefault(beside[0].without("depth"), {})
         for group in beside:
             if group.mean(key) >= CHANCE:
@@ -213,7 +214,7 @@ def depth_findings(groups: list[Group]) -> list[str]:
             best = max(g.mean(key) for g in beside)
             paragraphs.append(
                 capitalised(
-                    f"{lead}no objective leaves chance in {epochs} epochs (val accuracy below "
+                    f"{lead}no objective leaves chance in {epochs} (val accuracy below "
                     f"{percent(CHANCE)}; the best is {percent(best)}): the hidden layers' "
                     "gradients vanish, which no output objective can cure."
                 )
@@ -231,7 +232,7 @@ def depth_findings(groups: list[Group]) -> list[str]:
                 f"{name} stays at chance ({value})" if at_chance else f"{name} reaches {value}"
             )
         paragraphs.append(
-            capitalised(f"{lead}after {epochs} epochs (final val accuracy) {and_join(parts)}.")
+            capitalised(f"{lead}after {epochs} (final val accuracy) {and_join(parts)}.")
         )
     for context, kinds in left.items():
         label = ", ".join(f"{key}={value}" for key, value in context)

@@ -160,3 +160,24 @@ def best_lr_table(choices: list[BestLr]) -> list[str]:
             f"| {test} | {grid} | {'; '.join(notes)} |"
         )
     return lines
+
+
+def depth_table(groups: list[Group]) -> list[str]:
+    """Final val accuracy (mean over seeds) by cell and depth, one table per other setting."""
+    lines: list[str] = []
+    for context in dict.fromkeys(group.without("depth") for group in groups):
+        beside = [g for g in groups if g.without("depth") == context]
+        depths = sorted({g.context["depth"] for g in beside})
+        label = ", ".join(f"{key}={value}" for key, value in context) or "all runs"
+        lines += [
+            "",
+            f"| {label} | " + " | ".join(f"depth {depth}" for depth in depths) + " |",
+            "|---|" + "---:|" * len(depths),
+        ]
+        for cell in dict.fromkeys(g.cell for g in beside):
+            by_depth = {g.context["depth"]: g for g in beside if g.cell == cell}
+            values = [
+                percent(by_depth[d].mean("final_val_acc")) if d in by_depth else "–" for d in depths
+            ]
+            lines.append(f"| {cell} | " + " | ".join(values) + " |")
+    return lines[1:]
