@@ -61,12 +61,14 @@ sweep: $(INSTALLED)  ## EXPERIMENT (default ablation) as a Hydra multirun, then 
 	  echo "inspect: make tensorboard RUN=$$dir" && exit $$trained; }
 
 # TensorBoard on RUN (a sweep or run folder; default all of logs/), and the links of its views:
-# one colour per cell (runColorGroup), and the seed-aggregated runs alone (runFilter).
+# one colour per cell (runColorGroup), the seed-aggregated runs alone (runFilter), and the
+# custom-scalars tab whose margin charts draw each mean with its min-max band.
 tensorboard: $(INSTALLED)  ## TensorBoard on RUN (default logs/); prints the URLs of its views
 	@url=http://localhost:$(PORT); cell='runColorGroup=regex:%5E(%5B%5E%2F%5D%2B)'; \
-	echo "every run, one colour per cell:   $$url/?$$cell#timeseries"; \
-	echo "seed means with min-max bands:    $$url/?$$cell&runFilter=%2Fmean%24#custom_scalars"; \
-	echo "settings and results of each run: $$url/#hparams"
+	echo "every run, one colour per cell:      $$url/?$$cell#timeseries"; \
+	echo "the seed means alone (make report):  $$url/?$$cell&runFilter=%2Fmean%24#timeseries"; \
+	echo "each mean with its min-max band:     $$url/#custom_scalars"; \
+	echo "settings and results of every run:   $$url/#hparams"
 	$(VENV)/bin/tensorboard --logdir $(or $(RUN),logs) --port $(PORT)
 
 lint: $(INSTALLED)
