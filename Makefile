@@ -44,12 +44,12 @@ bench-sweep: $(INSTALLED)  ## the 18-run ablation batched against the basic laun
 	$(PY) scripts/bench.py --sweep --out logs/bench-sweep $(BENCH_ARGS)
 
 # The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
-RUN ?= $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)
+NEWEST_SWEEP = $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)
 
 .PHONY: report sweep
-report: $(INSTALLED)  ## summary.csv, report.md and curves.png of RUN (a multirun or run folder)
-	@test -n "$(RUN)" || { echo "no sweep under logs/multiruns: run make sweep, or give RUN=<folder>"; exit 2; }
-	$(PY) -m slowlearn.report $(RUN)
+report: $(INSTALLED)  ## the report of RUN (a sweep or run folder; default the newest sweep)
+	@test -n "$(or $(RUN),$(NEWEST_SWEEP))" || { echo "no sweep under logs/multiruns: run make sweep, or give RUN=<folder>"; exit 2; }
+	$(PY) -m slowlearn.report $(or $(RUN),$(NEWEST_SWEEP))
 
 # The sweep goes into a new folder of its own, so that the report reads this sweep; the report
 # is made even if a job failed (Hydra then exits non-zero, and so does make, after the report).

@@ -29,5 +29,6 @@ class RankProbe(pl.Callback):
             "weights": {k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
+            "val_history": pl_module.histories[0].val_history,
         }
         torch.save(record, self.out / f"rank{trainer.global_rank}.pt")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -240,6 +241,7 @@ def test_a_diverged_member_and_a_failed_job_leave_the_rest_of_the_sweep(
     completed = read_metrics(runs["softmax+nll/lr0.1"])
     assert completed["metrics"]["test_acc"] > 0.9 and len(completed["metrics"]["val_history"]) == 2
     assert not (runs["softmax+nll/lr1e+30"] / "checkpoints" / "last.ckpt").exists()
+    assert diverged["metrics"]["test_acc"] is None  # as alone: a diverged run is not tested
 
 
 def test_a_members_checkpoint_evaluates_to_its_test_accuracy(tiny_sweep: Path) -> None:
@@ -275,6 +277,7 @@ def test_killed_members_resume_to_the_result_of_an_uninterrupted_sweep(
     checkpoint = member / "checkpoints" / "last.ckpt"
     while not checkpoint.exists():
         assert process.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert read_metrics(member)["status"] == "running"
@@ -296,6 +299,7 @@ def test_ctrl_c_records_every_member_interrupted(tiny_data: Path, tmp_path: Path
     checkpoint = tmp_path / "softmax+nll" / "seed0" / "checkpoints" / "last.ckpt"
     while not checkpoint.exists():
         assert process.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode != 0

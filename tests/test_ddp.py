@@ -80,6 +80,9 @@ def test_ddp_run_on_two_cpu_processes(tiny_data: Path, tmp_path: Path) -> None:
     assert len(seen[0]) == len(seen[1]) == TRAIN_SIZE // 2
     assert not set(seen[0]) & set(seen[1])
     assert set(seen[0]) | set(seen[1]) == set(rows(tiny_datamodule(tiny_data).tensors["train"][0]))
+    # Each rank evaluated its own half; both report the accuracy over all of it.
+    assert ranks[0]["val_history"] == ranks[1]["val_history"]
+    assert ranks[0]["val_history"] == record["metrics"]["val_history"]
     # Different data on each rank, yet identical weights: every step's gradients were averaged.
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name

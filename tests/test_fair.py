@@ -108,7 +108,9 @@ def test_the_lr_finding_states_the_tuned_gap_and_its_lr_ratio() -> None:
     runs = lr_sweep({0.1: 0.40, 1.0: 0.80, 3.0: 0.90, 10.0: 0.85}, {0.1: 0.90, 1.0: 0.95, 3.0: 0.9})
     groups = group_runs(runs)
     (paragraph,) = finding(groups, best_lrs(runs, groups))
-    assert paragraph.startswith("Sigmoid+mse at its best lr 3 (chosen on validation among 4)")
+    assert paragraph.startswith(
+        "Sigmoid+mse at its best lr 3 (chosen on validation among 4 eligible)"
+    )
     assert (
         "reaches 90.0% val accuracy after epoch 1, against 95.0% for the best cross " in paragraph
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
+from slowlearn.report import make_report
+from slowlearn.report.runs import group_runs, read_runs
 from tests.conftest import read_metrics, read_scalars, run_train, runs_by_name
 
 
@@ -68,6 +71,22 @@ def test_both_costs_learn_from_the_unsaturated_start(neuron_sweep: dict[str, Pat
         run_dir = run_for(neuron_sweep, loss, "0.6-0.9")
         assert series(run_dir, "param/w")[0] == pytest.approx(0.6)
         assert final_output(run_dir, loss) < 0.25
+
+
+def test_the_report_keeps_the_two_starts_apart(
+    neuron_sweep: dict[str, Path], tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(next(iter(neuron_sweep.values())).parents[1], sweep)
+    groups = group_runs(read_runs(sweep))
+    assert sorted(group.label for group in groups) == [
+        "sigmoid+bce, start=[0.6,0.9]",
+        "sigmoid+bce, start=[2.0,2.0]",
+        "sigmoid+mse, start=[0.6,0.9]",
+        "sigmoid+mse, start=[2.0,2.0]",
+    ]
+    make_report(sweep)
+    assert not list(sweep.rglob("mean"))  # one run per group: no seed mean to write
 
 
 def test_a_single_neuron_run_prints_its_output_and_cost(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.records import write_metrics
 from slowlearn.train import prepare, resumed_config
 from tests.conftest import (
     DIVERGED,
@@ -164,6 +165,21 @@ def test_resume_refuses_other_overrides_and_finished_runs(single_run: Path) -> N
     assert "trainer.max_epochs" in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="it has trained all its 3 epochs"):
         resumed_config(cfg, [f"resume={single_run}"])
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_its_test(
+    single_run: Path, tmp_path: Path
+) -> None:
+    """All epochs trained, but no test and no record yet: resume tests it and records it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(single_run, run_dir)
+    record = read_metrics(run_dir)
+    write_metrics(run_dir, record | {"status": "running", "metrics": {}})
+    resumed, checkpoint = resumed_config(
+        compose_config(f"resume={run_dir}", hydra_node=False), [f"resume={run_dir}"]
+    )
+    assert checkpoint == run_dir / "checkpoints" / "last.ckpt"
+    assert resumed.trainer.max_epochs == 3  # the same experiment
 
 
 def test_resume_trains_a_finished_run_longer(single_run: Path, tmp_path: Path) -> None:

@@ -58,7 +58,10 @@ def stack_checkpoint(checkpoint: dict[str, Any], network: MemberStack) -> None:
         f"network.stacked.{index}": stacked_layout(state[f"model.{name}"]).unsqueeze(0)
         for index, name in enumerate(network.names)
     }
-    checkpoint["optimizer_states"] = [stack_optimizer_states(checkpoint["optimizer_states"][:1])]
+    if checkpoint.get("optimizer_states"):  # a weights-only checkpoint has none
+        checkpoint["optimizer_states"] = [
+            stack_optimizer_states(checkpoint["optimizer_states"][:1])
+        ]
 
 
 def member_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:

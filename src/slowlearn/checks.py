@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from slowlearn.data import SPLITS
 from slowlearn.losses import ACTIVATIONS, LOG_LOSSES, LOSSES
 from slowlearn.model import HIDDEN_ACTIVATIONS, INITS
+from slowlearn.naming import override_key
 from slowlearn.optimizers import OPTIMIZERS
 from slowlearn.prepare import DATASETS, training_set_size
 
@@ -125,7 +126,12 @@ def check_optimizer(cfg: DictConfig, require: Any, positive: Any, number: Any) -
     target = OmegaConf.select(cfg, "optimizer._target_")
     require(target in OPTIMIZERS, "optimizer._target_", f"one of {', '.join(OPTIMIZERS)}")
     positive("optimizer.lr")
-    accepted = set(inspect.signature(OPTIMIZERS[target]).parameters) - {"params", "lr", "selected"}
+    accepted = set(inspect.signature(OPTIMIZERS[target]).parameters) - {
+        "params",
+        "lr",
+        "selected",
+        "freeze",
+    }
     for key in cfg.optimizer:
         if key not in ("_target_", "_partial_", "lr"):
             require(key in accepted, f"optimizer.{key}", f"not a key of {target}")
@@ -138,7 +144,7 @@ def unknown_group_option(overrides: list[str]) -> str | None:
     """The first command-line choice of a config group option that does not exist, as one
     line naming it and the choices; Hydra's own message spans a screen."""
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
+        key, value = override_key(override), override.partition("=")[2]
         group = CONF_DIR / key
         if key.startswith("hydra") or not group.is_dir():
             continue  # a key, or Hydra's own groups (launchers come from plugins)

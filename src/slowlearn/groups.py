@@ -21,11 +21,21 @@ from slowlearn.model import MemberStack
 from slowlearn.module import LitClassifier, Member, log_base_value
 from slowlearn.optimizers import OPTIMIZERS
 
-# What a member may differ in: config keys (a node stands for everything under it).
-MEMBER_KEYS = ("seed", "activation", "loss", "model.init", "optimizer.lr")
-# The run's own paths and names, and keys that repeat a member's seed. Loggers are each
-# member's own, so they may differ too.
-OWN_KEYS = ("run_dir", "run_name", "data.seed", "trainer.default_root_dir", "logger")
+# What a member may differ in: config keys (the activation and loss nodes hold the output
+# activation, the objective and its log base). data.seed is the data order's, ${seed} unless
+# overridden.
+MEMBER_KEYS = ("seed", "data.seed", "activation", "loss", "model.init", "optimizer.lr")
+# The run's own paths and names. Loggers are each member's own, so they may differ too.
+OWN_KEYS = ("run_dir", "run_name", "trainer.default_root_dir", "logger")
+# The member settings that tell members apart in the launcher's printout.
+DIFFERENCES = (
+    "activation.name",
+    "loss.name",
+    "loss.log_base",
+    "model.init",
+    "optimizer.lr",
+    "seed",
+)
 
 
 def without(config: dict[str, Any], key: str) -> None:
@@ -70,13 +80,11 @@ def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]
 
 def member_differences(cfgs: Sequence[DictConfig]) -> list[str]:
     """The member keys whose values differ between these configs: what tells members apart."""
-    differing = []
-    for key in ("activation.name", "loss.name", "loss.log_base", "model.init", "optimizer.lr"):
-        if len({str(OmegaConf.select(cfg, key)) for cfg in cfgs}) > 1:
-            differing.append(key.removesuffix(".name"))
-    if len({cfg.seed for cfg in cfgs}) > 1:
-        differing.append("seed")
-    return differing
+    return [
+        key.removesuffix(".name")
+        for key in DIFFERENCES
+        if len({str(OmegaConf.select(cfg, key)) for cfg in cfgs}) > 1
+    ]
 
 
 # The keys of a config's ``module`` node that the module takes (runs from before the batched

@@ -3,8 +3,9 @@ neuron of figure 5-4, with their initialisations.
 
 A member is an ordinary ``nn.Module``: its constructor draws the initial weights, and its
 ``state_dict`` is the on-disk layout of a checkpoint. ``MemberStack`` stacks R members of one
-architecture on a leading axis (a weight ``[out, in]`` becomes ``[R, out, in]``) and trains
-them as one program: ``torch.baddbmm`` applies each member's weights to its own mini-batch.
+architecture on a leading axis (a linear weight ``[out, in]`` becomes ``[R, in, out]``, see
+``stacked_layout``) and trains them as one program: ``torch.baddbmm`` applies each member's
+weights to its own mini-batch.
 Both return logits z; the output activation and the objective live in ``slowlearn.losses``.
 """
 

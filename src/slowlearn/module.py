@@ -119,6 +119,9 @@ class LitClassifier(pl.LightningModule):
         self.epoch_started = self.evaluation_started = 0.0
         self.eval_sums: dict[str, Tensor] = {}
         self.alive = torch.ones(len(self.members), dtype=torch.bool)
+        # A single run has no other members to protect: its divergence ends it (at the next
+        # flush), so it skips the freezing masks.
+        self.freeze = len(self.members) > 1
 
     @property
     def histories(self) -> list[MemberHistory]:
@@ -176,15 +179,18 @@ class LitClassifier(pl.LightningModule):
                 every > 0 and (first_step + offset) % every == 0 and not y.is_floating_point()
             )
             logits, hidden = self.network(
-                x, keep_hidden=diagnose and self.sigmoid_hidden, training=self.alive
+                x,
+                keep_hidden=diagnose and self.sigmoid_hidden,
+                training=self.alive if self.freeze else None,
             )
             if diagnose:
                 logits.retain_grad()
             targets = targets_like(logits.detach(), y)  # one-hot rows, once for every cell
             losses = self.member_losses(logits, targets)
-            # Freeze a member whose loss is not finite, from this step on: the backward pass
-            # and the update select its gradient away (on the device, no host sync).
-            self.alive.logical_and_(torch.isfinite(losses.detach()))
+            if self.freeze:
+                # Freeze a member whose loss is not finite, from this step on: the backward
+                # pass and the update select its gradient away (on the device, no host sync).
+                self.alive.logical_and_(torch.isfinite(losses.detach()))
             optimizer.zero_grad(set_to_none=True)
             if self.plain_backward:
                 losses.sum().backward()
@@ -314,7 +320,9 @@ class LitClassifier(pl.LightningModule):
     def _log_evaluation(self, stage: str) -> list[dict[str, float]]:
         """Each member's loss and accuracy over the stage's samples, logged at the optimiser
         step, the x-axis of every curve (Lightning's own would count chunks)."""
-        rows = self.eval_sums.pop(stage).tolist()
+        # Under DDP each rank evaluated its own share: the sums cover all of them.
+        sums = self.trainer.strategy.reduce(self.eval_sums.pop(stage), reduce_op="sum")
+        rows = sums.tolist()
         results = []
         for member, row in enumerate(rows):
             values = {f"{stage}/loss": row[0] / row[2], f"{stage}/acc": row[1] / row[2]}
@@ -353,7 +361,8 @@ class LitClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         for history, values in zip(self.histories, self._log_evaluation("test"), strict=True):
-            history.test_results = values
+            if not history.diverged:  # alone, a diverged run never reaches its test
+                history.test_results = values
 
     # ------------------------------------------------------------ checkpoints
 
@@ -378,6 +387,7 @@ class LitClassifier(pl.LightningModule):
             list(self.network.stacked),
             [member.lr for member in self.members],
             selected=self.network.input_layer_parameters(),
+            freeze=self.freeze,
             **self.optimizer_settings,
         )
         self.alive = optimizer.alive  # the mask that training_step clears and step() reads

@@ -3,12 +3,13 @@ its own learning rate.
 
 torch.optim takes one scalar lr per parameter group, and scaling the gradients instead would
 also scale SGD's momentum buffers and cancel out in Adam. Here the lrs are one per member, a
-tensor [R] viewed as [R, 1, ...] in the update, so every member steps exactly as torch.optim
-steps it alone (a test compares them). Nothing reduces across members.
+tensor [R] viewed as [R, 1, ...] in the update, so every member steps as torch.optim steps it
+alone, to float rounding (a test compares them). Nothing reduces across members.
 
 A member whose loss stopped being finite is frozen: its gradient and its lr are selected away
 with ``torch.where`` (a zeroed gradient alone would not stop momentum or Adam, and NaN times 0
-is NaN), so its weights keep their last finite values while the other members go on. The
+is NaN), so its weights stay as they were when its loss stopped being finite, while the
+other members go on. The
 network selects the first layer's gradient where it enters that layer
 (``model.input_layer``), which spares a pass over the biggest gradient at every step.
 
@@ -45,6 +46,7 @@ class MemberOptimizer(torch.optim.Optimizer):
         params: Sequence[Tensor],
         lr: Sequence[float],
         selected: Sequence[Tensor] = (),
+        freeze: bool = True,
         **hyperparameters: Any,
     ) -> None:
         # The lrs as given (saved exactly), and as a tensor beside the parameters.
@@ -55,6 +57,9 @@ class MemberOptimizer(torch.optim.Optimizer):
         self.alive = torch.ones(len(lr), dtype=torch.bool, device=device)
         # Parameters whose gradient the network has already selected (zero when frozen).
         self.selected = {id(param) for param in selected}
+        # Whether to freeze diverged members at all: a single run has no others to protect
+        # (its divergence ends it), and the masks are a third of its small update's cost.
+        self.freeze = freeze
         # Worked out once: a method call on an nn.Parameter costs tens of microseconds.
         self.member_axes = {
             id(param): member_axis(param) for param in self.param_groups[0]["params"]
@@ -78,13 +83,13 @@ class MemberOptimizer(torch.optim.Optimizer):
         axes = [self.member_axes[id(param)] for param in params]
         grads = [  # select, never multiply: NaN times 0 is NaN
             param.grad
-            if id(param) in self.selected
+            if id(param) in self.selected or not self.freeze
             else torch.where(self.alive.view(axis), param.grad, 0.0)
             for param, axis in zip(params, axes, strict=True)
         ]
         if group["weight_decay"]:
             grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        lr = torch.where(self.alive, self.lr, 0.0)
+        lr = torch.where(self.alive, self.lr, 0.0) if self.freeze else self.lr
         lrs = [lr.view(axis) for axis in axes]
         self.update(params, grads, lrs, [self.state[param] for param in params], group)
         return loss
@@ -150,17 +155,19 @@ class SGD(MemberOptimizer):
     def __init__(
         self,
         params: Sequence[Tensor],
-        lr: Tensor,
+        lr: Sequence[float],
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
         selected: Sequence[Tensor] = (),
+        freeze: bool = True,
     ) -> None:
         super().__init__(
             params,
             lr,
             selected,
+            freeze,
             momentum=momentum,
             dampening=dampening,
             weight_decay=weight_decay,
@@ -200,14 +207,15 @@ class Adam(MemberOptimizer):
     def __init__(
         self,
         params: Sequence[Tensor],
-        lr: Tensor,
+        lr: Sequence[float],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         selected: Sequence[Tensor] = (),
+        freeze: bool = True,
     ) -> None:
         super().__init__(
-            params, lr, selected, betas=tuple(betas), eps=eps, weight_decay=weight_decay
+            params, lr, selected, freeze, betas=tuple(betas), eps=eps, weight_decay=weight_decay
         )
 
     def update(

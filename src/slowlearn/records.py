@@ -26,9 +26,11 @@ HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train
 RUN_SETTINGS = {
     "activation": "activation.name",
     "loss": "loss.name",
+    "log_base": "loss.log_base",
     "init": "model.init",
     "hidden_sizes": "model.hidden_sizes",
     "hidden_activation": "model.hidden_activation",
+    "start": "model.start",  # the neuron's (w, b)
     "optimizer": "optimizer._target_",
     "lr": "optimizer.lr",
     "momentum": "optimizer.momentum",

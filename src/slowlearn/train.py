@@ -36,7 +36,7 @@ from slowlearn.checkpoints import LAST, MemberCheckpoints
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
 from slowlearn.groups import build_module
 from slowlearn.member_logs import Divergence
-from slowlearn.naming import register_resolvers
+from slowlearn.naming import override_key, register_resolvers
 from slowlearn.prepare import DataError
 from slowlearn.progress import StepProgressBar
 from slowlearn.records import log_hparams, read_metrics, record_failure, summarise, write_metrics
@@ -133,11 +133,8 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
             "before its first epoch ended); start it again instead"
         )
 
-    def key_of(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    changed = [o for o in overrides if key_of(o) != "resume"]
-    refused = [o for o in changed if key_of(o) not in RESUME_MAY_CHANGE]
+    changed = [o for o in overrides if override_key(o) != "resume"]
+    refused = [o for o in changed if override_key(o) not in RESUME_MAY_CHANGE]
     if refused:
         raise ConfigError(
             f"{', '.join(refused)} is not allowed with resume: a resumed run keeps its own "
@@ -145,10 +142,12 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
         )
     resumed = OmegaConf.load(saved)
     resumed.resume = str(run_dir)
+    record = read_metrics(run_dir)
     # Its name as its sweep gave it (the name of a sweep's member depends on the sweep).
-    resumed.run_name = read_metrics(run_dir).get("run_name", resumed.get("run_name"))
+    resumed.run_name = record.get("run_name", resumed.get("run_name"))
     for override in changed:
-        OmegaConf.update(resumed, key_of(override), OmegaConf.select(cfg, key_of(override)))
+        key = override_key(override)
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key))
     # Runs from before the batched launcher had ModelCheckpoint callbacks; their checkpoints
     # are slowlearn.checkpoints' now, in the same format.
     callbacks = resumed.get("callbacks") or {}
@@ -156,7 +155,9 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
         del callbacks[name]
     saved_state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     epochs_done = saved_state["epoch"] + 1
-    if epochs_done >= resumed.trainer.max_epochs:  # nothing to train: keep its results as they are
+    # Nothing to train: a completed run keeps its results as they are; a run killed after its
+    # last checkpoint resumes to be tested and recorded.
+    if epochs_done >= resumed.trainer.max_epochs and record["status"] == "completed":
         raise ConfigError(
             f"resume={str(run_dir)!r} is not allowed: it has trained all its "
             f"{epochs_done} epochs; add trainer.max_epochs=N with N > {epochs_done} to go on"
@@ -240,8 +241,8 @@ def train_and_test(
     """
     first = jobs[0].cfg
     module = build_module([job.cfg for job in jobs])
-    seeds = [job.cfg.seed for job in jobs]
-    datamodule = instantiate(first.data, **({"seed": seeds} if "seed" in first.data else {}))
+    seeds = [job.cfg.data.seed for job in jobs] if "seed" in first.data else None
+    datamodule = instantiate(first.data, **({"seed": seeds} if seeds else {}))
     module.member_loggers = [
         [instantiate(logger) for logger in job.cfg.get("logger", {}).values()] for job in jobs
     ]

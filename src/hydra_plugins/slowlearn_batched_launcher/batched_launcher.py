@@ -54,11 +54,13 @@ class BatchedLauncher(Launcher):
         self.max_members = max_members
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None  # for the callbacks: groups train without
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         self.config, self.hydra_context = config, hydra_context
+        self.task_function = task_function
 
     # -------------------------------------------------------------- one job's start and end
 
@@ -67,8 +69,8 @@ class BatchedLauncher(Launcher):
         folder, its .hydra/ files, its log file and the on_job_start callbacks, with this job's
         Hydra config set; then slowlearn's checks, which resolve the job's config (its paths
         and name) while that Hydra config is still set."""
-        from slowlearn.records import record_failure
-        from slowlearn.train import prepare, record_unexpected
+        from slowlearn.checks import ConfigError
+        from slowlearn.train import prepare
 
         previous = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(config)
@@ -96,23 +98,46 @@ class BatchedLauncher(Launcher):
                 _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
             started = StartedJob(config, result, output_dir)
             with env_override(config.hydra.job.env_set):
-                self.hydra_context.callbacks.on_job_start(config=config, task_function=None)
+                callbacks = self.hydra_context.callbacks
+                callbacks.on_job_start(config=config, task_function=self.task_function)
             try:
+                if config.hydra.job.chdir:
+                    raise ConfigError(
+                        "hydra.job.chdir=True is not allowed with hydra/launcher=batched: a "
+                        "group's members train in one process, which has one working folder"
+                    )
                 started.job = prepare(task_cfg, output_dir, overrides)
             except Exception as error:  # noqa: BLE001 - this job fails alone
-                message = record_unexpected(output_dir, error)
-                record_failure(output_dir, task_cfg, message)
-                self.end_job(started, JobStatus.FAILED, RuntimeError(message))
+                self.fail_job(started, error)
             return started
         finally:
             HydraConfig.instance().cfg = previous
 
     def end_job(self, started: StartedJob, status: JobStatus, value: Any) -> None:
-        """What run_job does after the task function: the return value and on_job_end."""
+        """What run_job does after the task function: the return value and on_job_end, with
+        the job's Hydra config set."""
         started.result.status, started.result.return_value = status, value
         started.result.task_name = started.config.hydra.job.name
         _flush_loggers()
-        self.hydra_context.callbacks.on_job_end(config=started.config, job_return=started.result)
+        previous = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(started.config)
+        try:
+            callbacks = self.hydra_context.callbacks
+            callbacks.on_job_end(config=started.config, job_return=started.result)
+        finally:
+            HydraConfig.instance().cfg = previous
+
+    def fail_job(self, started: StartedJob, error: Exception) -> None:
+        """A job that fails before training: its one line, its record, its JobReturn."""
+        from slowlearn.records import record_failure
+        from slowlearn.train import record_unexpected
+
+        message = record_unexpected(started.output_dir, error)
+        record_failure(
+            started.output_dir, started.job.cfg if started.job else started.result.cfg, message
+        )
+        started.job = None
+        self.end_job(started, JobStatus.FAILED, RuntimeError(message))
 
     # -------------------------------------------------------------- the sweep
 
@@ -134,6 +159,7 @@ class BatchedLauncher(Launcher):
                 config.hydra.job.num = index
             started.append(self.start_job(config, list(overrides)))
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        self.refuse_shared_folders(started)
 
         ready = [s for s in started if s.job is not None]
         groups = [
@@ -156,25 +182,37 @@ class BatchedLauncher(Launcher):
             self.train_group(group)
         return [s.result for s in started]
 
+    def refuse_shared_folders(self, started: list[StartedJob]) -> None:
+        """Two jobs whose names came out the same (two swept values with one label) would
+        write one folder: the later ones fail, before anything trains."""
+        from slowlearn.checks import ConfigError
+
+        first: dict[Path, int] = {}
+        for index, job in enumerate(started):
+            if job.job is None:
+                continue
+            earlier = first.setdefault(job.output_dir, index)
+            if earlier != index:
+                self.fail_job(
+                    job,
+                    ConfigError(
+                        f"run folder {job.output_dir} is also job {earlier}'s: two jobs of the "
+                        "sweep got one name; sweep values that differ in their names"
+                    ),
+                )
+
     def train_group(self, group: list[StartedJob]) -> None:
         """Train one group and end each of its jobs with its own outcome."""
-        from slowlearn.records import record_failure
-        from slowlearn.train import (
-            available_cores,
-            failure_message,
-            record_unexpected,
-            train_and_test,
-            write_record,
-        )
+        from slowlearn.train import available_cores, failure_message, train_and_test, write_record
 
         jobs = [s.job for s in group]
         try:
-            outcomes = train_and_test(jobs, available_cores(), in_sweep=True)
+            # The jobs' environment (hydra.job.env_set), equal in a group, while it trains.
+            with env_override(group[0].config.hydra.job.env_set):
+                outcomes = train_and_test(jobs, available_cores(), in_sweep=True)
         except Exception as error:  # noqa: BLE001 - the group fails, the sweep goes on
             for s in group:
-                message = record_unexpected(s.output_dir, error)
-                record_failure(s.output_dir, s.job.cfg, message)
-                self.end_job(s, JobStatus.FAILED, RuntimeError(message))
+                self.fail_job(s, error)
             return
         interrupted = False
         for s, outcome in zip(group, outcomes, strict=True):

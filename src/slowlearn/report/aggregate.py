@@ -10,7 +10,6 @@ run (its metrics.json) is never touched.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import time
@@ -23,7 +22,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from torch.utils.tensorboard.summary import custom_scalars
 
 from slowlearn.report.figures import aligned
-from slowlearn.report.runs import Group
+from slowlearn.report.runs import Group, name_without_seed
 
 AGGREGATED = (
     "val/acc",
@@ -33,12 +32,11 @@ AGGREGATED = (
     "diag/error_signal/true_class_wrong",
 )
 MARKER = ".slowlearn-aggregate"  # in every folder written here: the only ones ever replaced
-SEED_PART = re.compile(r"(^|/)seed[^/]*$")
 
 
 def aggregate_name(group: Group) -> str:
     """``sigmoid+mse/lr0.3/mean`` for the runs ``sigmoid+mse/lr0.3/seed0``, ``.../seed1``."""
-    return SEED_PART.sub("", group.runs[0].name).strip("/") + "/mean"
+    return name_without_seed(group.runs[0]) + "/mean"
 
 
 def layout() -> Summary:
@@ -84,7 +82,7 @@ def write_group(folder: Path, group: Group, with_layout: bool) -> None:
 def write_aggregates(sweep: Path, groups: list[Group]) -> list[Path]:
     """Every group's aggregated run under ``sweep``; returns their folders."""
     written = []
-    for group in groups:
+    for group in (group for group in groups if len(group.runs) > 1):  # one run: nothing to mean
         folder = sweep / aggregate_name(group)
         if (folder / "metrics.json").exists() or (
             folder.exists() and not (folder / MARKER).exists()

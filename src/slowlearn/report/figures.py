@@ -42,8 +42,10 @@ PANELS = [
 
 
 def cell_color(cell: str) -> Any:
+    """The cell's colour; a cell outside CELL_ORDER gets one of the three left over."""
     colors = matplotlib.colormaps["tab10"].colors
-    index = CELL_ORDER.index(cell) if cell in CELL_ORDER else len(CELL_ORDER) + hash(cell) % 3
+    known = CELL_ORDER.index(cell) if cell in CELL_ORDER else None
+    index = known if known is not None else len(CELL_ORDER) + sum(map(ord, cell)) % 3
     return colors[index % len(colors)]
 
 
@@ -138,7 +140,13 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
         for choice in (c for c in choices if c.context == context):
             color = cell_color(choice.cell)
             line = sorted(
-                (g for g in groups if g.cell == choice.cell and g.without("lr") == context),
+                (
+                    g
+                    for g in groups
+                    if g.cell == choice.cell
+                    and g.without("lr") == context
+                    and g.values("epoch1_val_acc")
+                ),
                 key=lambda g: g.context["lr"],
             )
             lrs = [g.context["lr"] for g in line]

@@ -51,7 +51,11 @@ def per_seed_gaps(mse: Group, others: list[Group]) -> list[float]:
 def gap_clause(mse: Group, others: list[Group]) -> str:
     gaps = per_seed_gaps(mse, others)
     them = others[0].cell if len(others) == 1 else "both" if len(others) == 2 else "each of them"
-    every = "in every seed" if len(mse.runs) > 1 else "in its one seed"
+    shared = {seed for group in others for seed in group.by_seed("epoch1_val_acc")}
+    shared &= set(mse.by_seed("epoch1_val_acc"))
+    every = "in every seed" if len(shared) > 1 else "in its one seed"
+    if len(shared) < len(mse.runs):
+        every += " that both ran"
     if not gaps:
         return "no seed ran in both, so there is no per-seed comparison"
     if max(abs(gap) for gap in gaps) < SMALL_GAP:
@@ -165,7 +169,8 @@ def tuned_comparison(mse: BestLr, ce: BestLr) -> str:
     ours, theirs = percent(mse.mean("epoch1_val_acc")), percent(ce.mean("epoch1_val_acc"))
     sentence = (
         f"{mse.cell} at its best lr {lr_text(mse.lr)} (chosen on validation among "
-        f"{len(mse.grid)}) reaches {ours} val accuracy after epoch 1, against {theirs} for "
+        f"{len(mse.grid) - len(mse.ineligible)} eligible) reaches {ours} val accuracy after "
+        f"epoch 1, against {theirs} for "
         f"the best cross entropy, {ce.cell} at lr {lr_text(ce.lr)}"
     )
     if abs(gap) < SMALL_GAP:
@@ -177,12 +182,12 @@ def tuned_comparison(mse: BestLr, ce: BestLr) -> str:
     test = (mse.mean("test_acc"), ce.mean("test_acc"))
     if None not in test:
         sentence += f" (test accuracy at those lrs: {percent(test[0])} vs {percent(test[1])})"
-    if mse.at_edge:
-        edge = "largest" if mse.lr == max(mse.grid) else "smallest"
-        sentence += (
-            f". Its best lr is the grid's {edge}: a value beyond the grid may do better, so "
-            "the gap is an upper bound"
-        )
+    for choice, whose in ((mse, "Its"), (ce, f"{ce.cell}'s")):
+        if choice.at_edge:
+            edge = "largest" if choice.lr == max(choice.grid) else "smallest"
+            sentence += (
+                f". {whose} best lr is the grid's {edge}: a value beyond the grid may do better"
+            )
     return sentence + "."
 
 

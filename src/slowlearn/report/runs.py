@@ -5,6 +5,7 @@ strings that happened to produce them).
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ RESULTS = (
 )
 ERROR_SIGNAL = "diag/error_signal/true_class"
 CHANCE = 0.15  # val accuracy below this is "at chance" (ten classes: 0.1)
+SEED_PART = re.compile(r"(^|/)seed[^/]*$")  # the last part of a sweep's run name
 # The cells that cure slow learning. sigmoid+nll is not among them: -log o_y on independent
 # sigmoids never pushes the wrong outputs down, so it is reported on its own.
 CROSS_ENTROPY = ("sigmoid+bce", "softmax+bce", "softmax+nll")
@@ -38,6 +40,8 @@ CONTROL = "identity+mse"
 CONTEXT_ORDER = (
     "dataset",
     "optimizer",
+    "start",
+    "log_base",
     "init",
     "depth",
     "hidden_sizes",
@@ -190,26 +194,43 @@ def determined(key: str, by: Iterable[str], runs: list[Run]) -> bool:
 
 
 def context_settings(runs: list[Run]) -> list[str]:
-    """The settings that tell groups apart, besides the cell: those that vary among the
-    completed runs and that the settings before them (and the cell) do not determine."""
-    completed = [run for run in runs if run.completed]
+    """The settings that tell groups apart, besides the cell: those that vary among the runs
+    (also those that did not complete: a failed lr belongs to its own context) and that the
+    settings before them (and the cell) do not determine."""
     kept: list[str] = []
     for key in CONTEXT_ORDER:
-        if key not in SETTINGS or len({shown(run.settings[key]) for run in completed}) < 2:
+        if key not in SETTINGS or len({shown(run.settings[key]) for run in runs}) < 2:
             continue
-        if not determined(key, ["activation", "loss", *kept], completed):
+        if not determined(key, ["activation", "loss", *kept], runs):
             kept.append(key)
     return kept
 
 
+def name_without_seed(run: Run) -> str:
+    return SEED_PART.sub("", run.name).strip("/")
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Completed runs grouped by their cell and every other setting that varies, but the seed."""
+    """Completed runs grouped by their cell and every other setting that varies, but the seed.
+
+    A sweep may vary a key that is none of the settings (data.split, say): then two runs of a
+    group would share a seed, and the runs' own names, which say what their sweep varied,
+    tell them apart instead.
+    """
     keys = context_settings(runs)
     groups: dict[tuple, Group] = {}
     for run in (run for run in runs if run.completed):
         context = {key: run.settings[key] for key in keys}
         index = (run.cell, *(shown(v) for v in context.values()))
         groups.setdefault(index, Group(run.cell, context, [])).runs.append(run)
+    for index, group in list(groups.items()):
+        seeds = [run.settings["seed"] for run in group.runs]
+        if len(set(seeds)) < len(seeds):
+            del groups[index]
+            for run in group.runs:
+                context = group.context | {"run": name_without_seed(run)}
+                key = (*index, name_without_seed(run))
+                groups.setdefault(key, Group(run.cell, context, [])).runs.append(run)
     return sorted(groups.values(), key=group_order)
 
 
