@@ -195,7 +195,7 @@ def test_the_report_of_an_lr_sweep_tables_each_cell_at_its_best_lr(lr_sweep_dir:
         assert chosen == max(means, key=lambda lr: sum(means[lr]))  # the best on validation
         assert len(means) == 3
     assert (lr_sweep_dir / LR_SENSITIVITY).read_bytes().startswith(b"\x89PNG")
-    assert "at its best lr" in text.split("## Finding")[1]
+    assert "at its best lr" in text.split("## Findings")[1]
     assert "control identity+mse, at its best lr" in text
 
 

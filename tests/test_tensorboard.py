@@ -31,9 +31,11 @@ from tests.conftest import read_metrics, read_scalars, runs_by_name
 HPARAMS = {
     "activation",
     "loss",
+    "log_base",
     "init",
     "hidden_sizes",
     "hidden_activation",
+    "start",
     "optimizer",
     "lr",
     "momentum",

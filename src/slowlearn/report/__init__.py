@@ -79,7 +79,8 @@ def report_md(
         ]
     else:
         lines += ["## Results by group", "", *group_table]
-    lines += ["", "## Finding", "", *findings, "", "## Runs that did not complete", ""]
+    lines += ["", "## Findings", "", *(f"- {finding}" for finding in findings)]
+    lines += ["", "## Runs that did not complete", ""]
     lines += [*not_completed(runs), "", "## Curves", ""]
     if choices:
         lines += [f"![val accuracy after epoch 1 against the learning rate]({LR_SENSITIVITY})", ""]
