@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import HydraContext
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import hydra_plugins.slowlearn_batched_launcher.batched_launcher as batched_launcher
 from slowlearn import evaluate
 from slowlearn.groups import build_module, form_groups, member_differences
 from slowlearn.model import stacked_layout
@@ -63,6 +67,25 @@ def test_jobs_group_when_they_differ_only_in_what_a_member_may_differ_in() -> No
         "optimizer.lr",
         "seed",
     ]
+
+
+def test_the_launcher_takes_the_job_configs_the_sweeper_composed_to_check_them() -> None:
+    master = compose_config()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        context = HydraContext(GlobalHydra.instance().config_loader(), callbacks=None)
+        # Through the module: Hydra's plugin scan runs it again, which makes new classes.
+        launcher = batched_launcher.BatchedLauncher()
+        launcher.setup(hydra_context=context, task_function=print, config=master)
+        loader = context.config_loader  # the sweeper's checks go through it too
+        assert isinstance(loader, batched_launcher.ComposedOnce)
+        checked = loader.load_sweep_config(master, ["seed=1", "cell=sigmoid_mse"])
+        taken = loader.take(master, ["seed=1", "cell=sigmoid_mse"])
+        composed_again = loader.take(master, ["seed=1", "cell=sigmoid_mse"])
+    assert taken is checked  # handed over, not composed a second time
+    assert composed_again is not checked  # taken once: asked again, Hydra composes it anew
+    as_written = OmegaConf.to_container  # unresolved: "???" and interpolations as text
+    assert as_written(composed_again) == as_written(checked)
+    assert (checked.seed, checked.activation.name, checked.loss.name) == (1, "sigmoid", "mse")
 
 
 def test_a_group_bigger_than_max_members_is_split_evenly() -> None:

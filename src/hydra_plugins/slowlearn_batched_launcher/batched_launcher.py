@@ -34,6 +34,41 @@ from omegaconf import DictConfig, open_dict, read_write
 log = logging.getLogger(__name__)
 
 
+class ComposedOnce:
+    """The run's config loader, keeping each job config the sweeper composes until the
+    launcher takes it.
+
+    A sweeper composes every job of a batch to check it (``validate_batch_is_legal``) just
+    before it hands the batch to the launcher, and Hydra's launchers compose each job again:
+    a repeat meant for launchers whose jobs run in other processes. This launcher runs them in
+    the sweeper's process, so it takes the sweeper's configs instead of composing them a second
+    time (about 0.2 s a job on 2 cores). Everything else goes to Hydra's loader.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def load_sweep_config(
+        self, master_config: DictConfig, sweep_overrides: list[str]
+    ) -> DictConfig:
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        self.composed[tuple(sweep_overrides)] = config
+        return config
+
+    def take(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
+        """The job's config: the sweeper's, which nothing else holds, or a new one."""
+        config = self.composed.pop(tuple(overrides), None)
+        return (
+            config
+            if config is not None
+            else self.loader.load_sweep_config(master_config, overrides)
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
 class StartedJob:
     """A job whose folder, .hydra/ files and on_job_start callbacks are done. (Not a
     dataclass: Hydra's plugin scan executes this module before it is in sys.modules.)"""
@@ -59,6 +94,8 @@ class BatchedLauncher(Launcher):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        if not isinstance(hydra_context.config_loader, ComposedOnce):  # the sweeper's too
+            hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.config, self.hydra_context = config, hydra_context
         self.task_function = task_function
 
@@ -149,15 +186,15 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         started: list[StartedJob] = []
+        loader = self.hydra_context.config_loader
         for offset, overrides in enumerate(job_overrides):
             index = initial_job_idx + offset
-            config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)
-            )
+            config = loader.take(self.config, list(overrides))
             with open_dict(config):
                 config.hydra.job.id = index
                 config.hydra.job.num = index
             started.append(self.start_job(config, list(overrides)))
+        loader.composed.clear()  # checked by the sweeper, then not launched: nothing to keep
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self.refuse_shared_folders(started)
 
