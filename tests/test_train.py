@@ -3,6 +3,7 @@ folder holds what a person and the report read (records, checkpoints, event file
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -85,4 +86,6 @@ def test_a_single_run_prints_its_result_where_to_look_and_its_steps(single_run: 
     assert f"inspect: make tensorboard RUN={single_run.parent}" in output
     # The progress bar counts optimiser steps (10 per epoch here), at so many steps/s.
     assert "10/10" in output and "step/s" in output
+    totals = re.findall(r"Epoch \d+: +\d+%\|[^|]*\| \d+/(\d+)", output)
+    assert len(totals) >= 3 and set(totals) == {"10"}  # never a count of chunks, even at 0
     assert "litlogger" not in output and "Tip" not in output

@@ -18,10 +18,16 @@ class StepProgressBar(TQDMProgressBar):
         bar.unit = "step"
         return bar
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The epoch's optimiser steps: the bar's total, set before the bar is first drawn (set
+        after it, every epoch began with a line counting chunks, "0/14")."""
+        steps = getattr(self.trainer.train_dataloader, "steps", None)
+        return steps if steps is not None else super().total_train_batches
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.epoch_start_step = trainer.global_step
-        self.train_progress_bar.total = getattr(trainer.train_dataloader, "steps", None)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.train_progress_bar.disable:
