@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from slowlearn import evaluate
+from slowlearn.checkpoints import link_or_write
 from slowlearn.data import ImageDataModule
 from slowlearn.prepare import DataError, idx_bytes, idx_path, load_split
 from tests.conftest import (
@@ -105,6 +106,24 @@ def slow_source():
 data.OFFLINE_SOURCES["mnist"] = slow_source
 print(data.prepare(sys.argv[1], "mnist", online=False))
 """
+
+
+def test_a_best_checkpoint_is_written_where_hard_links_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    last, best = tmp_path / "last.ckpt", tmp_path / "best-epoch000.ckpt"
+    last.write_bytes(b"weights")
+    link_or_write(last, best, b"weights")
+    assert best.read_bytes() == b"weights" and os.stat(best).st_ino == os.stat(last).st_ino
+
+    def no_hard_links(*_: object) -> None:
+        raise OSError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    best.unlink()
+    link_or_write(last, best, b"weights")
+    assert best.read_bytes() == b"weights" and os.stat(best).st_ino != os.stat(last).st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == [best.name, last.name]  # no leftovers
 
 
 def test_two_preparations_at_once_prepare_once(tmp_path: Path) -> None:

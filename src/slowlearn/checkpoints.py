@@ -64,25 +64,22 @@ def stack_checkpoint(checkpoint: dict[str, Any], network: MemberStack) -> None:
         ]
 
 
-def member_weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The member's weights in a single run's checkpoint, under the member model's own keys."""
-    return {key.removeprefix("model."): t for key, t in checkpoint["state_dict"].items()}
-
-
 def best_name(epoch: int) -> str:
     """ModelCheckpoint's ``best-epoch{epoch:03d}`` of earlier runs, epoch counted from 0."""
     return f"best-epoch{epoch:03d}.ckpt"
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of ``source``, atomically; a hard link costs no bytes (a
-    later rewrite of ``source`` replaces its inode, and leaves this one as it was)."""
+def link_or_write(source: Path, target: Path, payload: bytes) -> None:
+    """``target`` becomes a copy of ``source``, whose bytes are ``payload``, atomically: a hard
+    link costs no bytes (a later rewrite of ``source`` replaces its inode, and leaves this one
+    as it was); a file system without hard links gets the bytes written."""
     temporary = target.with_name(f".{target.name}.tmp")
     temporary.unlink(missing_ok=True)
     try:
         os.link(source, temporary)
-    except OSError:  # a file system without hard links
-        temporary.write_bytes(source.read_bytes())
+    except OSError:
+        write_atomically(target, payload, durable=False)
+        return
     os.replace(temporary, target)
 
 
@@ -113,7 +110,7 @@ class MemberCheckpoints(pl.Callback):
             *earlier, latest = [entry["val/acc"] for entry in history.val_history]
             if not earlier or latest > max(earlier):
                 best = folder / best_name(trainer.current_epoch)
-                link_or_copy(folder / LAST, best)
+                link_or_write(folder / LAST, best, payload.getvalue())
                 for old in folder.glob("best-epoch*.ckpt"):
                     if old != best:
                         old.unlink()

@@ -19,7 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from slowlearn.checkpoints import member_weights
+from slowlearn.checkpoints import stack_checkpoint
 from slowlearn.groups import build_module
 
 
@@ -37,7 +37,8 @@ def evaluate(checkpoint: Path, accelerator: str = "auto") -> dict[str, float]:
     cfg = run_config(checkpoint)
     module = build_module([cfg])
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    module.network.load_member_states([member_weights(saved)])
+    stack_checkpoint(saved, module.network)  # as a resumed run loads it
+    module.load_state_dict(saved["state_dict"])
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,

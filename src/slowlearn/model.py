@@ -217,10 +217,6 @@ class MemberStack(nn.Module):
         self.layer_names: list[str] = template.layer_names
         self.hidden_activation: str | None = template.hidden_activation
 
-    @property
-    def members(self) -> int:
-        return len(self.stacked[0])
-
     def forward(
         self, x: Tensor, keep_hidden: bool = False, training: Tensor | None = None
     ) -> tuple[Tensor, list[Tensor]]:
@@ -241,8 +237,3 @@ class MemberStack(nn.Module):
             name: stacked_layout(p[member].detach()).clone()
             for name, p in zip(self.names, self.stacked, strict=True)
         }
-
-    def load_member_states(self, states: Sequence[dict[str, Tensor]]) -> None:
-        with torch.no_grad():
-            for name, p in zip(self.names, self.stacked, strict=True):
-                p.copy_(torch.stack([stacked_layout(state[name]) for state in states]))
