@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from slowlearn.report.runs import CHANCE, Group, Run
+from slowlearn.report.runs import CHANCE, Group, Run, context_text
 from slowlearn.report.tables import BestLr, lr_text
 
 # One colour per cell in every figure and every row.
@@ -108,7 +108,7 @@ def curves_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> byte
             plot_band(row[1], group, "train/loss", color)
             plot_band(row[2], group, "diag/error_signal/true_class_right", color)
             plot_band(row[2], group, "diag/error_signal/true_class_wrong", color, linestyle="--")
-        where = ", ".join(f"{key}={value}" for key, value in context)
+        where = context_text(context)
         for ax, (title, ylabel, yscale) in zip(row, PANELS, strict=True):
             ax.set(
                 title=f"{title}\n{where}" if where else title,
@@ -161,7 +161,7 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
             for lr in choice.ineligible:
                 ax.plot([lr], [2], "x", color=color, ms=9, mew=2)
         ax.axhline(100 * CHANCE, color="0.5", linestyle=":", linewidth=1)
-        where = ", ".join(f"{key}={value}" for key, value in context)
+        where = context_text(context)
         ax.set(
             xscale="log",
             ylim=(0, 100),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
-from slowlearn.report.runs import CHANCE, CONTROL, CROSS_ENTROPY, Group, Run
+from slowlearn.report.runs import CHANCE, CONTROL, CROSS_ENTROPY, Group, Run, context_text
 from slowlearn.report.tables import BestLr, lr_text, percent
 
 # Below this many accuracy points in every seed, a gap is reported as no clear difference.
@@ -139,7 +139,7 @@ def lr_findings(choices: list[BestLr]) -> list[str]:
     paragraphs = []
     for context, chosen in groupby(choices, key=lambda choice: choice.context):
         chosen = [c for c in chosen if c.best is not None]
-        label = ", ".join(f"{key}={value}" for key, value in context)
+        label = context_text(context)
         lead = f"with {label}, " if label else ""
         cross = [c for c in chosen if c.cell in CROSS_ENTROPY]
         best_ce = max(cross, key=lambda c: c.mean("epoch1_val_acc"), default=None)
@@ -240,7 +240,7 @@ def depth_findings(groups: list[Group]) -> list[str]:
             capitalised(f"{lead}after {epochs} (final val accuracy) {and_join(parts)}.")
         )
     for context, kinds in left.items():
-        label = ", ".join(f"{key}={value}" for key, value in context)
+        label = context_text(context)
         listed = [
             f"{kind} at depth{'s' * (len(depths) > 1)} {and_join([str(d) for d in depths])}"
             for kind, depths in kinds.items()

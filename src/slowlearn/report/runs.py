@@ -118,8 +118,8 @@ def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, floa
 
 def read_run(folder: Path, sweep: Path) -> Run:
     record = read_metrics(folder)
-    scalars = read_scalars(folder)
     completed = record["status"] == "completed"
+    scalars = read_scalars(folder) if completed else {}  # only completed runs are drawn
     name = record.get("run_name") or str(folder.relative_to(sweep)) or folder.name
     return Run(
         folder=folder,
@@ -143,6 +143,11 @@ def shown(value: Any) -> str:
     return "none" if value is None else str(value).replace(" ", "")
 
 
+def context_text(context: Iterable[tuple[str, Any]]) -> str:
+    """A context as the report writes it: ``init=large, depth=2``."""
+    return ", ".join(f"{key}={shown(value)}" for key, value in context)
+
+
 @dataclass
 class Group:
     """Completed runs that differ in their seed alone."""
@@ -153,7 +158,7 @@ class Group:
 
     @property
     def context_label(self) -> str:
-        return ", ".join(f"{key}={shown(value)}" for key, value in self.context.items())
+        return context_text(self.context.items())
 
     @property
     def label(self) -> str:

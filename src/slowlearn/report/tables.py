@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slowlearn.records import SETTINGS
-from slowlearn.report.runs import RESULTS, Group, Run, context_settings, shown
+from slowlearn.report.runs import RESULTS, Group, Run, context_settings, context_text, shown
 
 COLUMNS = ("run", "status", "group", "cell", *SETTINGS, *RESULTS)
 
@@ -101,7 +101,7 @@ class BestLr:
 
     @property
     def context_label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.context)
+        return context_text(self.context)
 
     def mean(self, key: str) -> float | None:
         return self.best.mean(key) if self.best else None
@@ -168,7 +168,7 @@ def depth_table(groups: list[Group]) -> list[str]:
     for context in dict.fromkeys(group.without("depth") for group in groups):
         beside = [g for g in groups if g.without("depth") == context]
         depths = sorted({g.context["depth"] for g in beside})
-        label = ", ".join(f"{key}={value}" for key, value in context) or "all runs"
+        label = context_text(context) or "all runs"
         lines += [
             "",
             f"| {label} | " + " | ".join(f"depth {depth}" for depth in depths) + " |",
