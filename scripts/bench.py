@@ -86,15 +86,15 @@ def timed(device: Any, work: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def compose_config(overrides: list[str]) -> Any:
-    """The config that ``make train ARGS="<overrides>"`` runs."""
+def compose_config(overrides: list[str], hydra_node: bool = False) -> Any:
+    """The config that ``make train ARGS="<overrides>"`` runs (with its ``hydra`` node)."""
     from hydra import compose, initialize_config_dir
 
     from slowlearn.naming import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=overrides, return_hydra_config=hydra_node)
 
 
 class PlainLoop:
@@ -157,16 +157,13 @@ def naive_loop(cfg: Any, device: Any, size: int) -> PlainLoop:
 def fit_runs(cfgs: list[Any], run_dir: Path, threads: int, devices: Any = None) -> list[Any]:
     """``make train`` of each config, as one group (a single run is a group of one), in this
     process, written under ``run_dir``; the Outcomes."""
-    from omegaconf import OmegaConf
-
     from slowlearn.train import Job, train_and_test
 
     jobs = []
     for index, cfg in enumerate(cfgs):
         cfg = cfg.copy()
         cfg.run_dir = str(run_dir / f"member{index}")  # what a job's Hydra folder gives it
-        jobs.append(Job(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), run_dir))
-    pl.seed_everything(cfgs[0].seed, workers=True, verbose=False)
+        jobs.append(Job.resolved(cfg))
     return train_and_test(jobs, cores=threads, devices=devices)
 
 
@@ -360,16 +357,17 @@ def sweep_command(launcher: str, sweep_dir: Path, args: argparse.Namespace) -> d
     }
 
 
-def ablation_configs(args: argparse.Namespace, epochs: int = 1) -> list[Any]:
-    cells = ["sigmoid_mse", "sigmoid_bce", "sigmoid_nll", "softmax_mse", "softmax_bce"]
-    cells.append("softmax_nll")
+def ablation_configs(args: argparse.Namespace, device: Any, epochs: int = 1) -> list[Any]:
+    """The ablation's jobs as its sweeper expands them (its cells and seeds), on ``device``."""
+    swept = compose_config(ABLATION, hydra_node=True).hydra.sweeper.params
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
     return [
         compose_config(
             [*ABLATION, *args.overrides, f"cell={cell}", f"seed={seed}"]
-            + [f"trainer.max_epochs={epochs}", "trainer.accelerator=cpu"]
+            + [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}"]
         )
-        for cell in cells
-        for seed in range(3)
+        for cell in str(swept.cell).split(",")
+        for seed in str(swept.seed).split(",")
     ]
 
 
@@ -378,7 +376,7 @@ def group_against_floor(args: argparse.Namespace, device: Any) -> list[dict[str,
     of each member (its own cell and seed)."""
     import torch
 
-    cfgs = ablation_configs(args)
+    cfgs = ablation_configs(args, device)
     images, labels = training_split(cfgs[0])
     rounds = []
     for index in range(args.warmup + args.repeats):

@@ -202,7 +202,7 @@ def train_jobs(cfgs: list[OmegaConf], folder: Path) -> list:
     for index, cfg in enumerate(cfgs):
         cfg = cfg.copy()
         cfg.run_dir = str(folder / f"member{index}")
-        jobs.append(Job(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), folder))
+        jobs.append(Job.resolved(cfg))
     return train_and_test(jobs, cores=1), [job.run_dir for job in jobs]
 
 

@@ -121,7 +121,7 @@ def test_a_run_folder_is_never_reused(single_run: Path) -> None:
     cfg = compose_config(hydra_node=False)
     cfg.run_dir = str(single_run)
     with pytest.raises(ConfigError, match=f"run folder {single_run} already holds a run; resume"):
-        prepare(cfg, single_run, [])
+        prepare(cfg, [])
     assert (single_run / "metrics.json").read_bytes() == before
 
 

@@ -16,7 +16,7 @@ from slowlearn.data import SPLITS
 from slowlearn.losses import ACTIVATIONS, LOG_LOSSES, LOSSES
 from slowlearn.model import HIDDEN_ACTIVATIONS, INITS
 from slowlearn.naming import override_key
-from slowlearn.optimizers import OPTIMIZERS
+from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 from slowlearn.prepare import DATASETS, training_set_size
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # hydra.main's config_path
@@ -133,7 +133,7 @@ def check_optimizer(cfg: DictConfig, require: Any, positive: Any, number: Any) -
         "freeze",
     }
     for key in cfg.optimizer:
-        if key not in ("_target_", "_partial_", "lr"):
+        if key not in NOT_SETTINGS:
             require(key in accepted, f"optimizer.{key}", f"not a key of {target}")
     if OmegaConf.select(cfg, "optimizer.momentum") is not None:
         momentum = number("optimizer.momentum")

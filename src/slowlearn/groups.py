@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from slowlearn.model import MemberStack
 from slowlearn.module import LitClassifier, Member, log_base_value
-from slowlearn.optimizers import OPTIMIZERS
+from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 
 # What a member may differ in: config keys (the activation and loss nodes hold the output
 # activation, the objective and its log base). data.seed is the data order's, ${seed} unless
@@ -57,7 +57,7 @@ def program_key(cfg: DictConfig) -> str:
 
 def member_order(cfg: DictConfig) -> tuple:
     """Members of one cell side by side (each objective runs once over its cell's slice)."""
-    return (cfg.activation.name, cfg.loss.name, str(cfg.loss.log_base), cfg.seed)
+    return (cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.seed)
 
 
 def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
@@ -117,7 +117,7 @@ def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
     ]
     first = cfgs[0]
     optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
-    settings = {k: v for k, v in optimizer.items() if k not in ("_target_", "_partial_", "lr")}
+    settings = {k: v for k, v in optimizer.items() if k not in NOT_SETTINGS}
     module = first.get("module") or {}
     return LitClassifier(
         MemberStack(networks),

@@ -118,7 +118,7 @@ class LitClassifier(pl.LightningModule):
         self.seconds = {"training": 0.0, "evaluation": 0.0}
         self.epoch_started = self.evaluation_started = 0.0
         self.eval_sums: dict[str, Tensor] = {}
-        self.alive = torch.ones(len(self.members), dtype=torch.bool)
+        self.alive: Tensor  # the optimizer's mask of members still training (configure_optimizers)
         # A single run has no other members to protect: its divergence ends it (at the next
         # flush), so it skips the freezing masks.
         self.freeze = len(self.members) > 1

@@ -246,6 +246,9 @@ class Adam(MemberOptimizer):
         torch._foreach_addcdiv_(params, steps, denominators, value=-1)
 
 
+# The keys of an optimizer config that are not settings of its rule: Hydra's, and the lr, which
+# each member has its own of.
+NOT_SETTINGS = ("_target_", "_partial_", "lr")
 OPTIMIZERS: dict[str, type[MemberOptimizer]] = {
     "torch.optim.SGD": SGD,
     "torch.optim.Adam": Adam,

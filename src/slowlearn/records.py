@@ -74,11 +74,11 @@ def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def hparams(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def hparams(cfg: DictConfig) -> dict[str, Any]:
     """The settings for TensorBoard's HPARAMS tab. Every run names every column, "none" where
     a setting does not apply (Adam's momentum, the neuron's init): TensorBoard takes the
     columns of a sweep from one arbitrary run. Lists (hidden_sizes) become text."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    plain = OmegaConf.to_container(cfg, resolve=True)
     return {
         name: "none"
         if value is None

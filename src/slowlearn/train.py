@@ -111,8 +111,13 @@ class Job:
     """One run, ready to train: its resolved config and where it writes."""
 
     cfg: DictConfig
-    job_dir: Path  # Hydra's folder of this invocation (a resume keeps it inside the run's)
     checkpoint: Path | None = None  # resume from here
+
+    @classmethod
+    def resolved(cls, cfg: DictConfig, checkpoint: Path | None = None) -> Job:
+        """The job of ``cfg`` with its interpolations resolved now: its paths and name are
+        this job's, as long as its Hydra config is the one set."""
+        return cls(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), checkpoint)
 
     @property
     def run_dir(self) -> Path:
@@ -170,15 +175,14 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
     return resumed, checkpoint
 
 
-def prepare(cfg: DictConfig, job_dir: Path, overrides: Sequence[str]) -> Job:
+def prepare(cfg: DictConfig, overrides: Sequence[str]) -> Job:
     """Check a run's config and resolve it, before any data or training work. Raises
     ConfigError with one line naming the bad value."""
     checkpoint = None
     if not OmegaConf.is_missing(cfg, "resume"):
         cfg, checkpoint = resumed_config(cfg, overrides)
     check_config(cfg)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # this job's paths, now
-    job = Job(cfg, job_dir, checkpoint)
+    job = Job.resolved(cfg, checkpoint)
     # With DDP, Lightning re-runs this command for the other ranks, in rank 0's folder.
     if checkpoint is None and rank_zero_only.rank == 0 and (job.run_dir / "metrics.json").exists():
         raise ConfigError(
@@ -208,7 +212,7 @@ class Outcome:
     status: str
     error: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)  # threads, device, wall time ...
+    record: dict[str, Any] = field(default_factory=dict)  # the running record, wall time ...
     loggers: list[Logger] = field(default_factory=list)
 
 
@@ -286,8 +290,8 @@ def train_and_test(
         errors = [record_unexpected(job.run_dir, failure) for job in jobs]
     wall_seconds = time.perf_counter() - started
     outcomes = []
-    members = zip(module.histories, module.member_loggers, errors, strict=True)
-    for history, loggers, member_error in members:
+    members = zip(jobs, module.histories, module.member_loggers, errors, strict=True)
+    for job, history, loggers, member_error in members:
         member_status = status
         if history.diverged and status != "interrupted":
             member_status, member_error = "diverged", history.diverged
@@ -303,7 +307,7 @@ def train_and_test(
             history.last_logged_loss,
             extra,
         )
-        record = {
+        record = running_record(job, threads, len(jobs)) | {
             "wall_seconds": wall_seconds,
             # Where the group's time went (a member of a group shares its group's).
             "seconds": {
@@ -324,8 +328,7 @@ def train_and_test(
 @rank_zero_only  # with DDP every rank runs main(); the run folder has one metrics.json
 def write_record(job: Job, outcome: Outcome) -> None:
     """metrics.json with the run's status and metrics, the HPARAMS tab, closed event files."""
-    record = read_metrics(job.run_dir) | outcome.record
-    record |= {"status": outcome.status, "metrics": outcome.metrics}
+    record = outcome.record | {"status": outcome.status, "metrics": outcome.metrics}
     if outcome.error:
         record["error"] = outcome.error
     write_metrics(job.run_dir, record)
@@ -355,7 +358,7 @@ def main(cfg: DictConfig) -> float | None:
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     job_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        job = prepare(cfg, job_dir, hydra_cfg.overrides.task)
+        job = prepare(cfg, hydra_cfg.overrides.task)
         job_num = hydra_cfg.job.num if sweep else None
         gpu = round_robin_devices(
             job.cfg.trainer.accelerator, job.cfg.trainer.devices, job_num, torch.cuda.device_count()

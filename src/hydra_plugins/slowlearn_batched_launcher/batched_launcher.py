@@ -143,7 +143,7 @@ class BatchedLauncher(Launcher):
                         "hydra.job.chdir=True is not allowed with hydra/launcher=batched: a "
                         "group's members train in one process, which has one working folder"
                     )
-                started.job = prepare(task_cfg, output_dir, overrides)
+                started.job = prepare(task_cfg, overrides)
             except Exception as error:  # noqa: BLE001 - this job fails alone
                 self.fail_job(started, error)
             return started
