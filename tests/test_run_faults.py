@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.records import write_metrics
 from slowlearn.train import prepare, resumed_config
 from tests.conftest import (
@@ -156,6 +158,29 @@ def test_ctrl_c_ends_cleanly_as_interrupted(tiny_data: Path, tmp_path: Path) -> 
     record = read_metrics(tmp_path)
     assert record["status"] == "interrupted"
     assert read_scalars(tmp_path)["val/acc"]  # flushed
+
+
+def test_ctrl_c_waits_for_the_next_batch_and_a_second_one_does_not() -> None:
+    stop = StopAtNextBatch()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler has run: no KeyboardInterrupt in the middle of this
+        with pytest.raises(KeyboardInterrupt):
+            stop.stop_if_requested()  # the next batch begins
+        stop.stop_if_requested()  # handed over: the shutdown's own batches are not stopped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # asked, and the block ended before a batch began
+        with stop.installed():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with StopAtNextBatch().installed():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # asked twice: at once
+            time.sleep(5)
+    assert time.monotonic() - started < 2
 
 
 def test_resume_refuses_other_overrides_and_finished_runs(single_run: Path) -> None:

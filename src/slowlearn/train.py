@@ -35,6 +35,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from slowlearn.checkpoints import LAST, MemberCheckpoints
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
 from slowlearn.groups import build_module
+from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.member_logs import Divergence
 from slowlearn.naming import override_key, register_resolvers
 from slowlearn.prepare import DataError
@@ -252,7 +253,8 @@ def train_and_test(
     ]
     callbacks = [instantiate(callback) for callback in first.get("callbacks", {}).values()]
     checkpoints = MemberCheckpoints([job.run_dir for job in jobs])
-    callbacks.append(checkpoints)
+    interrupts = StopAtNextBatch()
+    callbacks += [checkpoints, interrupts]
     if first.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = instantiate(
@@ -278,8 +280,9 @@ def train_and_test(
     status, errors = "completed", [""] * len(jobs)
     started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=jobs[0].checkpoint)
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with interrupts.installed():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=jobs[0].checkpoint)
+            trainer.test(module, datamodule=datamodule, verbose=False)
     except Divergence:
         status = "diverged"  # every member: each one's own message is in its history
     except (KeyboardInterrupt, SystemExit) as interruption:

@@ -1,0 +1,57 @@
+"""Ctrl-C during training stops at the next batch, never in the middle of writing a file.
+
+Python raises KeyboardInterrupt between any two bytecodes of the main thread: inside a
+TensorBoard writer's queue bookkeeping, it left a flush waiting for its writer thread (a
+sweep that hung after Ctrl-C). Here the first SIGINT only asks to stop; the trainer stops at
+the start of its next batch (a chunk of training steps, or an evaluation batch), where
+Lightning's own graceful shutdown takes over as if Ctrl-C had come there. A second Ctrl-C
+interrupts at once, as it would have without this.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from pytorch_lightning.callbacks import Callback
+
+
+class StopAtNextBatch(Callback):
+    """Raises KeyboardInterrupt at the start of the first batch after a Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:  # the second Ctrl-C: the person does not want to wait
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def stop_if_requested(self, *args: Any) -> None:
+        if self.requested:
+            self.requested = False  # handed over to Lightning's shutdown
+            raise KeyboardInterrupt
+
+    on_train_batch_start = stop_if_requested
+    on_validation_batch_start = stop_if_requested
+    on_test_batch_start = stop_if_requested
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """SIGINT asks this callback to stop while the block runs (main thread only: a signal
+        handler cannot be set elsewhere, and there Ctrl-C never arrives anyway)."""
+        try:
+            previous = signal.signal(signal.SIGINT, self.request)
+        except ValueError:  # not the main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if self.requested:  # asked to stop, and the block ended before a batch began
+                raise KeyboardInterrupt
+
