@@ -169,17 +169,16 @@ def test_ctrl_c_waits_for_the_next_batch_and_a_second_one_does_not() -> None:
             stop.stop_if_requested()  # the next batch begins
         stop.stop_if_requested()  # handed over: the shutdown's own batches are not stopped
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt):  # asked, and the block ended before a batch began
-        with stop.installed():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
+    # Asked, and the block ended before a batch began.
+    with pytest.raises(KeyboardInterrupt), stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        with StopAtNextBatch().installed():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGINT)  # asked twice: at once
-            time.sleep(5)
+    with pytest.raises(KeyboardInterrupt), StopAtNextBatch().installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # asked twice: at once
+        time.sleep(5)
     assert time.monotonic() - started < 2
 
 
