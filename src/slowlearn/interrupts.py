@@ -54,4 +54,3 @@ class StopAtNextBatch(Callback):
             signal.signal(signal.SIGINT, previous)
             if self.requested:  # asked to stop, and the block ended before a batch began
                 raise KeyboardInterrupt
-
