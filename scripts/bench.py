@@ -55,6 +55,10 @@ STARTUP_TARGET_SECONDS = 6.0  # CPU, start until the first training step
 SWEEP_TARGETS = {"command": 0.33, "group_training": 0.45, "memory": 1.5}
 ABLATION = ["experiment=ablation", "+trainer.enable_progress_bar=false"]
 LAUNCHERS = ("batched", "basic")
+# Issue 12: on a CUDA device, eager steps against chunks replayed as CUDA graphs.
+GRAPH_SETUPS = ("floor", "floor graphed", "slowlearn eager", "slowlearn graphed")
+GRAPH_EPOCHS = 3
+GRAPH_TARGETS = {"default_epoch_steps": 0.15, "ablation_group_training": 2.0, "make_sweep": 30.0}
 
 
 class FirstStepClock(pl.Callback):
@@ -119,15 +123,40 @@ class PlainLoop:
         base = log_base_value(cfg.loss.log_base)
         self.objective = objective(cfg.activation.name, cfg.loss.name, base)
 
+    def step(self, x: Any, y: Any) -> None:
+        loss = self.objective(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
     def epoch(self) -> int:
         steps = 0
         for x, y in self.batches():
-            x, y = x.to(self.device), y.to(self.device)  # no-op for tensors already there
-            loss = self.objective(self.model(x), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.step(x.to(self.device), y.to(self.device))  # no-op for tensors already there
             steps += 1
+        return steps
+
+
+class GraphedLoop(PlainLoop):
+    """The same loop, a chunk of ``data.steps_per_chunk`` steps at a time captured in one CUDA
+    graph and replayed (``slowlearn.cuda_graphs``); ``chunks`` makes one epoch's chunks."""
+
+    def __init__(self, cfg: Any, device: Any, chunks: Callable[[], Iterable[Any]]) -> None:
+        from slowlearn.cuda_graphs import ChunkGraphs
+
+        super().__init__(cfg, device, lambda: ())
+        self.chunks = chunks
+        self.graphs = ChunkGraphs(self.take_steps)
+
+    def take_steps(self, chunk: Any, variant: Any, captured: bool) -> None:
+        for x, y in chunk:
+            self.step(x, y)
+
+    def epoch(self) -> int:
+        steps = 0
+        for chunk in self.chunks():
+            self.graphs.run(chunk)
+            steps += len(chunk)
         return steps
 
 
@@ -143,6 +172,25 @@ def floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> PlainLoop:
         return ((x[index], y[index]) for index in order.split(batch_size))
 
     return PlainLoop(cfg, device, batches)
+
+
+def graphed_floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> GraphedLoop:
+    """The floor's epochs (the same order) as chunks replayed by CUDA graphs."""
+    import torch
+
+    from slowlearn.data import Chunk
+
+    x, y = images.to(device), labels.to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    size, chunk_samples = cfg.data.batch_size, cfg.data.batch_size * cfg.data.steps_per_chunk
+
+    def chunks() -> Iterable[Any]:
+        order = torch.randperm(len(y), generator=generator).to(device)
+        for start in range(0, len(order), chunk_samples):
+            block = order[start : start + chunk_samples]
+            yield Chunk(x, y, list(block.split(size)), block)
+
+    return GraphedLoop(cfg, device, chunks)
 
 
 def naive_loop(cfg: Any, device: Any, size: int) -> PlainLoop:
@@ -357,13 +405,15 @@ def sweep_command(launcher: str, sweep_dir: Path, args: argparse.Namespace) -> d
     }
 
 
-def ablation_configs(args: argparse.Namespace, device: Any, epochs: int = 1) -> list[Any]:
+def ablation_configs(
+    args: argparse.Namespace, device: Any, epochs: int = 1, extra: Iterable[str] = ()
+) -> list[Any]:
     """The ablation's jobs as its sweeper expands them (its cells and seeds), on ``device``."""
     swept = compose_config(ABLATION, hydra_node=True).hydra.sweeper.params
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     return [
         compose_config(
-            [*ABLATION, *args.overrides, f"cell={cell}", f"seed={seed}"]
+            [*ABLATION, *args.overrides, *extra, f"cell={cell}", f"seed={seed}"]
             + [f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}"]
         )
         for cell in str(swept.cell).split(",")
@@ -474,6 +524,185 @@ def sweep_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------ CUDA graphs mode
+
+
+def graphs_round(
+    cfg: Any, loops: dict[str, PlainLoop], args: argparse.Namespace, device: Any, index: int
+) -> dict[str, dict[str, Any]]:
+    """One epoch of each floor, one run of each slowlearn setup (its epochs' training steps
+    and whole epochs), in turn."""
+    results: dict[str, dict[str, Any]] = {}
+    for setup in GRAPH_SETUPS:
+        if setup in loops:
+            seconds, steps = timed(device, loops[setup].epoch)
+            results[setup] = {"steps_seconds": [seconds], "steps": steps}
+            continue
+        run_cfg = cfg.copy()
+        run_cfg.module.cuda_graphs = setup.endswith("graphed")
+        run_dir = args.runs / setup.replace(" ", "_") / f"round{index}"
+        (outcome,) = fit_runs([run_cfg], run_dir, args.threads)
+        assert outcome.status == "completed", outcome.error
+        metrics = outcome.metrics
+        results[setup] = {
+            "steps_seconds": metrics["epoch_training_seconds"],
+            "epoch_seconds": metrics["epoch_seconds"],
+            "checkpoint_seconds": outcome.record["seconds"]["checkpoints"],
+            "steps": metrics["val_history"][-1]["step"] // len(metrics["epoch_seconds"]),
+            "test_acc": metrics["test_acc"],
+        }
+    return results
+
+
+def ablation_group(
+    args: argparse.Namespace, device: Any, graphs: bool, index: int
+) -> dict[str, Any]:
+    """The 18-member ablation group trained for 3 epochs, as ``make sweep`` trains it."""
+    extra = [f"module.cuda_graphs={str(graphs).lower()}"]
+    cfgs = ablation_configs(args, device, epochs=3, extra=extra)
+    folder = args.runs / f"group_{'graphed' if graphs else 'eager'}{index}"
+    outcomes = fit_runs(cfgs, folder, args.threads)
+    assert {o.status for o in outcomes} == {"completed"}, [o.error for o in outcomes]
+    return {
+        "graphs": graphs,
+        "training_seconds": outcomes[0].record["seconds"]["training"],
+        "epoch_training_seconds": outcomes[0].metrics["epoch_training_seconds"],
+        "test_acc": [o.metrics["test_acc"] for o in outcomes],  # in member order
+    }
+
+
+def make_sweep_command(args: argparse.Namespace, index: int) -> dict[str, float]:
+    """The two commands of ``make sweep`` (the batched ablation, then its report), timed
+    together, as the Makefile runs them (here without make: a GPU machine has no .venv)."""
+    sweep_dir = args.runs / f"make_sweep{index}"
+    command = [sys.executable, "-m", "slowlearn.train", "-m", "experiment=ablation"]
+    command += [f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=batched", *args.overrides]
+    train = run_process(command, threads=None)
+    report = run_process([sys.executable, "-m", "slowlearn.report", str(sweep_dir)], None)
+    return {
+        "seconds": train["seconds"] + report["seconds"],
+        "train_seconds": train["seconds"],
+        "report_seconds": report["seconds"],
+    }
+
+
+def bench_graphs(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """CUDA graphs against eager steps, side by side (issue 12's targets)."""
+    cfg = compose_config(
+        [
+            *args.overrides,
+            f"trainer.max_epochs={GRAPH_EPOCHS}",
+            f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+            "+trainer.enable_progress_bar=false",
+        ]
+    )
+    images, labels = training_split(cfg)
+    loops = {
+        "floor": floor_loop(cfg, device, images, labels),
+        "floor graphed": graphed_floor_loop(cfg, device, images, labels),
+    }
+    rounds = []
+    for index in range(args.warmup + args.repeats):
+        results = graphs_round(cfg, loops, args, device, index)
+        if index >= args.warmup:
+            rounds.append(results)
+        line = "  ".join(f"{s} {steady(results[s]['steps_seconds']):.3f}s" for s in GRAPH_SETUPS)
+        print(f"default batch {cfg.data.batch_size} round {index}: {line}", flush=True)
+    groups = [
+        ablation_group(args, device, graphs, index)
+        for index, graphs in enumerate((True, False, True))
+    ]
+    for group in groups:
+        print(f"ablation group, graphs {group['graphs']}: {group['training_seconds']:.2f}s")
+    sweeps = [make_sweep_command(args, index) for index in range(2)]
+    for sweep in sweeps:
+        print("make sweep: " + ", ".join(f"{k} {v:.1f}" for k, v in sweep.items()), flush=True)
+    return {
+        "batch_size": cfg.data.batch_size,
+        "steps_per_chunk": cfg.data.steps_per_chunk,
+        "rounds": rounds,
+        "groups": groups,
+        "make_sweep": sweeps,
+    }
+
+
+def steady(seconds: list[float]) -> float:
+    """An epoch's time once warm: the median over the epochs after the first (in which the
+    chunks are captured), or the only one."""
+    return statistics.median(seconds[1:] or seconds)
+
+
+def graphs_markdown(report: dict[str, Any]) -> str:
+    env, graphs = report["environment"], report["graphs"]
+    rounds = graphs["rounds"]
+
+    def median(setup: str, key: str, pick: Callable[[list[float]], float] = steady) -> float:
+        return statistics.median(pick(r[setup][key]) for r in rounds)
+
+    def verdict(value: float, target: float) -> str:
+        return f"< {target:g}: {'met' if value < target else 'MISSED'}"
+
+    lines = [
+        f"CUDA graphs benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
+        f"{env['device']}, torch {env['torch']}, Lightning {env['pytorch_lightning']}; "
+        f"the default model, batch {graphs['batch_size']}, chunks of "
+        f"{graphs['steps_per_chunk']} steps; median of {report['repeats']} rounds after "
+        f"{report['warmup']} warm-up, the setups taking turns. slowlearn runs "
+        f"{GRAPH_EPOCHS} epochs a round: epoch 1 (eager warm-up chunk, captures) apart, the "
+        "steady epochs' median beside it.",
+        "",
+        "| setup | training steps of an epoch, s | epoch 1 steps, s | whole epoch (validation, "
+        "checkpoint), s | steps/s | × eager | test acc |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for setup in GRAPH_SETUPS:
+        eager = "floor" if setup.startswith("floor") else "slowlearn eager"
+        steps_s = median(setup, "steps_seconds")
+        ratio = steps_s / median(eager, "steps_seconds")
+        steps = rounds[0][setup]["steps"]
+        slowlearn = setup.startswith("slowlearn")
+        first = f"{median(setup, 'steps_seconds', lambda v: v[0]):.3f}" if slowlearn else ""
+        whole = f"{median(setup, 'epoch_seconds'):.3f}" if slowlearn else ""
+        accuracy = (
+            f"{statistics.median(r[setup]['test_acc'] for r in rounds):.4f}" if (slowlearn) else ""
+        )
+        lines.append(
+            f"| {setup} | {steps_s:.3f} | {first} | {whole} | {steps / steps_s:.0f} "
+            f"| {ratio:.3f} | {accuracy} |"
+        )
+    graphed = median("slowlearn graphed", "steps_seconds")
+    group_graphed = [g for g in graphs["groups"] if g["graphs"]]
+    group_eager = [g for g in graphs["groups"] if not g["graphs"]]
+    best_group = min(g["training_seconds"] for g in group_graphed)
+    differences = [
+        abs(graphed_acc - eager_acc)
+        for g in group_graphed
+        for graphed_acc, eager_acc in zip(g["test_acc"], group_eager[0]["test_acc"], strict=True)
+    ]
+    warm_sweep = graphs["make_sweep"][-1]
+    group_runs = ", ".join(f"{g['training_seconds']:.2f}" for g in group_graphed)
+    sweep_verdict = verdict(warm_sweep["seconds"], GRAPH_TARGETS["make_sweep"])
+    lines += [
+        "",
+        "| target | measured | verdict |",
+        "|---|---:|---|",
+        f"| training steps of a default-run epoch (steady), s | {graphed:.3f} "
+        f"| {verdict(graphed, GRAPH_TARGETS['default_epoch_steps'])} |",
+        f"| training of the 18-member ablation group, 3 epochs, s (captures included; "
+        f"runs: {group_runs}; eager "
+        f"{group_eager[0]['training_seconds']:.2f}) | {best_group:.2f} "
+        f"| {verdict(best_group, GRAPH_TARGETS['ablation_group_training'])} |",
+        f"| the `make sweep` commands (batched ablation, then its report), warm caches, s "
+        f"(cold: {graphs['make_sweep'][0]['seconds']:.1f}; training command "
+        f"{warm_sweep['train_seconds']:.1f}, report {warm_sweep['report_seconds']:.1f}) "
+        f"| {warm_sweep['seconds']:.1f} | {sweep_verdict} |",
+        "",
+        f"Ablation group, graphed against eager, test accuracy run by run: largest difference "
+        f"{100 * max(differences):.2f} points over {len(differences)} runs.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------ reports
 
 
@@ -559,6 +788,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--sweep", action="store_true", help="batched against basic sweeps")
+    parser.add_argument(
+        "--graphs", action="store_true", help="CUDA graphs against eager steps (--device cuda)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (5; sweep: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 512])
@@ -599,7 +831,12 @@ def main() -> None:
         "warmup": args.warmup,
         "overrides": args.overrides,
     }
-    if args.sweep:
+    if args.graphs:
+        if device.type != "cuda":
+            sys.exit("--graphs needs --device cuda")
+        report["graphs"] = bench_graphs(args, device)
+        table = graphs_markdown(report)
+    elif args.sweep:
         report["sweep"] = bench_sweep(args, device)
         table = sweep_markdown(report)
     else:

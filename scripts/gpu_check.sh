@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check of issue 4, in one go on a CUDA machine without network:
-#   1. installs hydra-core, omegaconf, antlr4 and the joblib launcher (and pytest) from the
-#      carried wheels in .whl/ when they are missing,
-#   2. checks that MNIST is there (carry data/MNIST/raw; nothing is downloaded),
-#   3. runs the GPU-marked tests (pytest -m gpu),
-#   4. runs one default training run on the GPU,
-#   5. runs the benchmark on the GPU (scripts/bench.py --device cuda),
+# The GPU check (issues 4 and 12), in one go on a CUDA machine without network:
+#   1. installs what the machine lacks of hydra-core, omegaconf, antlr4, the joblib launcher,
+#      pytest (with xdist and timeout) and matplotlib from the carried wheels in .whl/,
+#   2. unpacks MNIST from .whl/mnist-raw.tar.gz where data/MNIST/raw is missing (nothing is
+#      downloaded; make the archive with: tar -C data -czf .whl/mnist-raw.tar.gz MNIST/raw),
+#   3. runs the GPU-marked tests (pytest -m gpu): CUDA graphs against eager steps among them,
+#   4. runs one default training run on the GPU (CUDA graphs: module.cuda_graphs=auto),
+#   5. runs the CUDA-graphs benchmark (scripts/bench.py --device cuda --graphs): eager and
+#      graphed steps side by side, a graphed plain-PyTorch floor beside the eager one, the
+#      18-member ablation group and the commands of `make sweep`,
 #   6. prints a short table.
 # Every step runs even when an earlier one fails; the exit status says whether all passed.
+# It is meant to take under 5 minutes on an H200, so that it can run twice in a 15-minute
+# device budget.
 #
 #   scripts/gpu_check.sh           on the GPU machine
 #   scripts/gpu_check.sh --cpu     dry run of the same steps on the CPU, tiny settings
@@ -36,12 +41,43 @@ if [[ $mode == cuda ]]; then
   accelerator=gpu
   data_args=("data.dir=$DATA" "data.online=false")
   train_args=()
-  bench_args=(--device cuda)
-  if ! "$PYTHON" -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher, pytest" \
-      2>/dev/null; then
+  bench_args=(--device cuda --graphs --repeats 2 --warmup 1)
+  # The wheels of what this machine's Python cannot import (import name, wheel name).
+  wheels=()
+  while read -r module wheel; do
+    "$PYTHON" -c "import $module" 2>/dev/null || wheels+=(.whl/"$wheel"-*.whl)
+  done <<'EOF'
+hydra hydra_core
+omegaconf omegaconf
+antlr4 antlr4_python3_runtime
+hydra_plugins.hydra_joblib_launcher hydra_joblib_launcher
+joblib joblib
+pytest pytest
+pluggy pluggy
+iniconfig iniconfig
+xdist pytest_xdist
+execnet execnet
+pytest_timeout pytest_timeout
+filelock filelock
+matplotlib matplotlib
+contourpy contourpy
+cycler cycler
+fontTools fonttools
+kiwisolver kiwisolver
+PIL pillow
+pyparsing pyparsing
+dateutil python_dateutil
+six six
+packaging packaging
+EOF
+  if (( ${#wheels[@]} )); then
+    echo "installing from .whl/: ${wheels[*]}"
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl || { echo "error: installing .whl/*.whl failed" >&2; exit 1; }
+      --target /tmp/site "${wheels[@]}" || { echo "error: installing the wheels failed" >&2; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if [[ ! -d $DATA/MNIST/raw && -f .whl/mnist-raw.tar.gz ]]; then
+    mkdir -p "$DATA" && tar -C "$DATA" -xzf .whl/mnist-raw.tar.gz
   fi
 else  # the tiny dry run: val_size fits the tests' small data sets too
   epochs=${EPOCHS:-1}
@@ -56,7 +92,7 @@ read -r -a extra_bench_args <<< "${BENCH_ARGS:-}"
 for file in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
     t10k-labels-idx1-ubyte; do
   if [[ ! -f $DATA/MNIST/raw/$file ]]; then
-    echo "error: $DATA/MNIST/raw/$file is missing: carry data/MNIST/raw (make data)" >&2
+    echo "error: $DATA/MNIST/raw/$file is missing: carry data/MNIST/raw or .whl" >&2
     exit 1
   fi
 done
@@ -73,12 +109,14 @@ run_step() {  # run_step NAME COMMAND...: output to $OUT/NAME.log and the screen
   steps+=("| $name | $result | $((SECONDS - started)) |")
 }
 
-run_step gpu_tests "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider -o addopts="" tests/test_gpu.py
-run_step train "$PYTHON" -m slowlearn.train "${data_args[@]}" "${train_args[@]}" \
+# Each step has a time limit, so that one that hangs leaves the others their time.
+run_step gpu_tests timeout 200 "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider \
+  -o addopts="" --timeout 120 tests/test_gpu.py
+run_step train timeout 150 "$PYTHON" -m slowlearn.train "${data_args[@]}" "${train_args[@]}" \
   "trainer.max_epochs=$epochs" "trainer.accelerator=$accelerator" "hydra.run.dir=$OUT/train" \
   "+trainer.enable_progress_bar=false"
-run_step bench "$PYTHON" scripts/bench.py "${bench_args[@]}" "${extra_bench_args[@]}" \
-  --out "$OUT/bench" "${data_args[@]}"
+run_step bench timeout 330 "$PYTHON" scripts/bench.py "${bench_args[@]}" \
+  "${extra_bench_args[@]}" --out "$OUT/bench" "${data_args[@]}"
 
 {
   echo "## GPU check, $(date -u +%Y-%m-%dT%H:%MZ), mode $mode"
@@ -96,10 +134,12 @@ try:
 except OSError:
     sys.exit(0)
 m = r.get("metrics", {})
-seconds = ", ".join(f"{s:.2f}" for s in m.get("epoch_seconds") or [])
+def listed(key):
+    return ", ".join(f"{s:.3f}" for s in m.get(key) or [])
 accuracy = m.get("test_acc") or float("nan")
 print(f"Training run: {r['status']} on {r.get('device')}, test accuracy {accuracy:.4f}, "
-      f"epoch seconds {seconds}\n")
+      f"epoch seconds {listed('epoch_seconds')}, of which training steps "
+      f"{listed('epoch_training_seconds')}\n")
 EOF
   [[ -f $OUT/bench/bench.md ]] && cat "$OUT/bench/bench.md"
 } > "$OUT/summary.md"

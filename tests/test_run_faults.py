@@ -52,6 +52,7 @@ BAD_VALUES = [
     ("data.eval_batch_size=-1", "data.eval_batch_size=-1", "positive integer"),
     ("module.log_every_n_steps=0", "module.log_every_n_steps=0", "positive integer"),
     ("module.diagnostics_every_n_steps=-1", "diagnostics_every_n_steps=-1", "0 (off)"),
+    ("module.cuda_graphs=maybe", "module.cuda_graphs='maybe'", "one of auto, true, false"),
     ("threads=-1", "threads=-1", "positive integer"),
     ("optimizer.momentum=-1", "optimizer.momentum=-1", "0 or more"),
 ]

@@ -86,6 +86,13 @@ def check_config(cfg: DictConfig) -> None:
         "module.diagnostics_every_n_steps",
         "0 (off) or a positive integer",
     )
+    graphs = OmegaConf.select(cfg, "module.cuda_graphs")
+    if graphs is not None:
+        require(
+            graphs == "auto" or isinstance(graphs, bool),
+            "module.cuda_graphs",
+            "one of auto, true, false",
+        )
     positive("trainer.max_epochs", integer=True)
     model, data = cfg.model, cfg.data
     if "hidden_sizes" in model:

@@ -62,13 +62,23 @@ class Chunk:
     a whole chunk at once would write megabytes that fall out of the cache before use. An
     index [R, B] gathers each member's own mini-batch ([R, B, 784]); an index [B] or a slice
     serves one mini-batch to all members (a slice is a view: no copy).
+
+    ``block`` is the chunk's part of the epoch's order, [R, L] or [L], of which the indices
+    are consecutive pieces: a CUDA graph takes the chunk's data through one copy of it
+    (``slowlearn.cuda_graphs``).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, indices: list[Index]) -> None:
-        self.images, self.labels, self.indices = images, labels, indices
+    def __init__(
+        self, images: Tensor, labels: Tensor, indices: list[Index], block: Tensor | None = None
+    ) -> None:
+        self.images, self.labels, self.indices, self.block = images, labels, indices, block
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [index.shape[-1] for index in self.indices]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for index in self.indices:
@@ -119,20 +129,27 @@ class DeviceBatches:
     def __len__(self) -> int:
         return -(-self.steps // self.steps_per_chunk)
 
-    def minibatches(self) -> list[Index]:
+    def epoch_order(self) -> Tensor | None:
+        """This epoch's order on the device, one copy per epoch: [R, N] with one row per
+        member, [N] for a DDP shard, or None for the samples in order (served as slices)."""
         if self.orders:
             epoch = self.current_epoch()
-            order = torch.stack([o.indices(epoch) for o in self.orders])
-            return list(order.to(self.images.device).split(self.batch_size, dim=1))
+            return torch.stack([o.indices(epoch) for o in self.orders]).to(self.images.device)
         if self.shard:
-            return list(self.shard.indices(0).to(self.images.device).split(self.batch_size))
-        size = self.batch_size
-        return [slice(start, start + size) for start in range(0, len(self.labels), size)]
+            return self.shard.indices(0).to(self.images.device)
+        return None
 
     def __iter__(self) -> Iterator[Chunk]:
-        minibatches = self.minibatches()
-        for start in range(0, len(minibatches), self.steps_per_chunk):
-            yield Chunk(self.images, self.labels, minibatches[start : start + self.steps_per_chunk])
+        size, chunk_samples = self.batch_size, self.batch_size * self.steps_per_chunk
+        order = self.epoch_order()
+        if order is None:
+            slices = [slice(start, start + size) for start in range(0, len(self.labels), size)]
+            for start in range(0, len(slices), self.steps_per_chunk):
+                yield Chunk(self.images, self.labels, slices[start : start + self.steps_per_chunk])
+            return
+        for start in range(0, order.shape[-1], chunk_samples):
+            block = order[..., start : start + chunk_samples]
+            yield Chunk(self.images, self.labels, list(block.split(size, dim=-1)), block)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -150,7 +167,7 @@ class ImageDataModule(pl.LightningDataModule):
         val_size: int = 5000,
         split: str = "random",
         split_seed: int = 0,
-        steps_per_chunk: int = 64,
+        steps_per_chunk: int = 60,
         eval_batch_size: int = 10000,
         seed: int | Sequence[int] = 0,
         test_every_epoch: bool = False,

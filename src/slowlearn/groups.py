@@ -95,6 +95,7 @@ MODULE_SETTINGS = (
     "diagnostics_window",
     "trace",
     "backward_hooks",
+    "cuda_graphs",
 )
 
 

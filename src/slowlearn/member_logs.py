@@ -49,7 +49,7 @@ class StepRecords:
     A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
     """
 
-    losses: list[Tensor] = field(default_factory=list)  # [R] per step
+    losses: list[Tensor] = field(default_factory=list)  # [K, R] per chunk
     trace: list[Tensor] = field(default_factory=list)  # [R, 1 + scalar parameters]
     signal_sums: list[Tensor] = field(default_factory=list)  # [R, ERROR_SIGNAL_FIELDS]
     layer_values: list[Tensor] = field(default_factory=list)  # [R, layer fields]
@@ -104,7 +104,7 @@ class MemberLogs:
         Raises Divergence once every member's loss has stopped being finite.
         """
         records = self.records
-        losses = torch.stack(records.losses).T.tolist()
+        losses = torch.cat(records.losses).T.tolist()
         for member in self.training():
             history = self.histories[member]
             for step, value in enumerate(losses[member], start=first_step):

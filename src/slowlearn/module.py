@@ -11,7 +11,8 @@ One Lightning batch is a chunk of K mini-batches (see ``slowlearn.data.DeviceBat
 ``training_step`` takes K optimiser steps through it with manual optimisation, so the SGD
 semantics are those of K separate batches while Lightning's per-batch overhead is paid once
 per K. Per-step values stay on the device and reach each member's loggers once per chunk: no
-host sync per step.
+host sync per step. On a GPU the K steps are captured once in a CUDA graph and replayed
+(``slowlearn.cuda_graphs``, ``module.cuda_graphs``): the same step code, one launch per chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from torch import Tensor
 
 from slowlearn import diagnostics
 from slowlearn.checkpoints import member_checkpoint, stack_checkpoint
+from slowlearn.checks import ConfigError
+from slowlearn.cuda_graphs import ChunkGraphs
+from slowlearn.data import Chunk
 from slowlearn.losses import ACTIVATIONS, Objective, objective, targets_like
 from slowlearn.member_logs import MemberHistory, MemberLogs
 from slowlearn.model import MemberStack
@@ -77,6 +81,7 @@ class LitClassifier(pl.LightningModule):
         diagnostics_window: int = 100,
         trace: bool = False,
         backward_hooks: bool = False,
+        cuda_graphs: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -86,6 +91,8 @@ class LitClassifier(pl.LightningModule):
         self.trace = trace
         self.backward_hooks = backward_hooks
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
+        self.cuda_graphs = cuda_graphs  # auto: on for one CUDA device
+        self.chunk_graphs: ChunkGraphs | None = None  # on_fit_start, where graphs are on
         # Members of one cell sit side by side: each objective runs once over its slice.
         self.cells: list[Cell] = []
         start = 0
@@ -114,6 +121,7 @@ class LitClassifier(pl.LightningModule):
             diagnostics_window,
         )
         self.epoch_seconds: list[float] = []  # whole epochs: steps, logging, validation
+        self.epoch_training_seconds: list[float] = []  # each epoch's training steps alone
         # Where the time went: training steps (until validation begins) and evaluation.
         self.seconds = {"training": 0.0, "evaluation": 0.0}
         self.epoch_started = self.evaluation_started = 0.0
@@ -165,19 +173,61 @@ class LitClassifier(pl.LightningModule):
             and isinstance(self.trainer.strategy, SingleDeviceStrategy)
             and str(self.trainer.precision) == "32-true"
         )
+        self.chunk_graphs = self._chunk_graphs()
+
+    def _chunk_graphs(self) -> ChunkGraphs | None:
+        """The CUDA graphs of the training chunks, where ``cuda_graphs`` turns them on."""
+        if self.cuda_graphs is False:
+            return None
+        if self.device.type != "cuda" or not self.plain_backward:
+            if self.cuda_graphs is True:
+                raise ConfigError(
+                    f"module.cuda_graphs=true needs one CUDA device, 32-bit precision and "
+                    f"module.backward_hooks=false; this run has {self.device.type}, "
+                    f"precision {self.trainer.precision}, {type(self.trainer.strategy).__name__}"
+                    f"; valid choices: auto, true, false"
+                )
+            return None
+        chunk = getattr(self.trainer.datamodule, "steps_per_chunk", None)
+        every = self.diagnostics_every_n_steps
+        if chunk and every > 0 and chunk % every:
+            # Then every chunk diagnoses the same of its steps, and one graph serves them all.
+            raise ConfigError(
+                f"data.steps_per_chunk={chunk} must be a multiple of "
+                f"module.diagnostics_every_n_steps={every} under CUDA graphs "
+                f"(module.cuda_graphs={self.cuda_graphs}); or set module.cuda_graphs=false"
+            )
+        self.optimizers().optimizer.capturable = True
+        # Lightning counts global_step in Python at each optimizer step; a replay does not.
+        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        return ChunkGraphs(self.take_steps, self.logs.records, steps.increment_by)
 
     def on_train_start(self) -> None:
         if self.global_step == 0 and self.diagnostics_every_n_steps > 0:
             self._log_initial_learning_speed()
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
-        optimizer = self.optimizers()
-        records, every = self.logs.records, self.diagnostics_every_n_steps
         first_step = self.global_step  # updates made before this chunk
+        every = self.diagnostics_every_n_steps
+        # The chunk's steps whose global step is a multiple of ``every``.
+        diagnosed = tuple(range(-first_step % every, len(batch), every)) if every > 0 else ()
+        if self.chunk_graphs is not None and isinstance(batch, Chunk):
+            self.chunk_graphs.run(batch, diagnosed)
+        else:
+            self.take_steps(batch, diagnosed, captured=False)
+        self._show_progress(self.logs.flush_steps(first_step))
+        if self.logs.window_is_full():
+            self.logs.flush_diagnostics(self.global_step)
+
+    def take_steps(self, batch: Batch, diagnosed: tuple[int, ...], captured: bool) -> None:
+        """One optimiser step per mini-batch of the chunk; the chunk's losses [K, R] and the
+        diagnosed steps' values go to the records. ``captured``: into a CUDA graph, which
+        replays the update itself (Lightning's optimizer wrapper counts steps in Python)."""
+        optimizer = self.optimizers().optimizer if captured else self.optimizers()
+        records = self.logs.records
+        step_losses = []
         for offset, (x, y) in enumerate(batch):
-            diagnose = (
-                every > 0 and (first_step + offset) % every == 0 and not y.is_floating_point()
-            )
+            diagnose = offset in diagnosed and not y.is_floating_point()
             logits, hidden = self.network(
                 x,
                 keep_hidden=diagnose and self.sigmoid_hidden,
@@ -201,10 +251,8 @@ class LitClassifier(pl.LightningModule):
             if self.trace:  # before the update: the values this step's gradient was taken at
                 self._trace_step(logits.detach())
             optimizer.step()
-            records.losses.append(losses.detach())
-        self._show_progress(self.logs.flush_steps(first_step))
-        if self.logs.window_is_full():
-            self.logs.flush_diagnostics(self.global_step)
+            step_losses.append(losses.detach())
+        records.losses.append(torch.stack(step_losses))
 
     def _record_diagnostics(
         self, logits: Tensor, labels: Tensor, targets: Tensor, grad: Tensor, hidden: list[Tensor]
@@ -270,10 +318,14 @@ class LitClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_started = self.evaluation_started = self.clock()
 
+    def _training_steps_ended(self, now: float) -> None:
+        self.seconds["training"] += now - self.epoch_started
+        self.epoch_training_seconds.append(now - self.epoch_started)
+
     def on_validation_start(self) -> None:
         now = self.clock()
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self.seconds["training"] += now - self.epoch_started
+            self._training_steps_ended(now)
         self.evaluation_started = now
 
     def on_validation_end(self) -> None:
@@ -285,7 +337,7 @@ class LitClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         now = self.clock()
         if self.evaluation_started == self.epoch_started:  # no validation
-            self.seconds["training"] += now - self.epoch_started
+            self._training_steps_ended(now)
         self.epoch_seconds.append(now - self.epoch_started)
         self.logs.flush_diagnostics(self.global_step)
         self.logs.log_histograms(self.global_step)
@@ -371,6 +423,7 @@ class LitClassifier(pl.LightningModule):
         records = {
             "val_history": self.histories[member].val_history,
             "epoch_seconds": self.epoch_seconds,
+            "epoch_training_seconds": self.epoch_training_seconds,
         }
         optimizer = self.optimizers().optimizer
         return member_checkpoint(checkpoint, self.network, optimizer, member, records)
@@ -381,6 +434,7 @@ class LitClassifier(pl.LightningModule):
         records = checkpoint.get("slowlearn", {})
         self.histories[0].val_history = records.get("val_history", [])
         self.epoch_seconds = records.get("epoch_seconds", [])
+        self.epoch_training_seconds = records.get("epoch_training_seconds", [])
 
     def configure_optimizers(self) -> MemberOptimizer:
         optimizer = self.optimizer_class(

@@ -60,6 +60,9 @@ class MemberOptimizer(torch.optim.Optimizer):
         # Whether to freeze diverged members at all: a single run has no others to protect
         # (its divergence ends it), and the masks are a third of its small update's cost.
         self.freeze = freeze
+        # Whether every count lives on the device, so that a CUDA graph can replay the update
+        # (torch.optim's ``capturable``): set by the module when it captures its steps.
+        self.capturable = False
         # Worked out once: a method call on an nn.Parameter costs tens of microseconds.
         self.member_axes = {
             id(param): member_axis(param) for param in self.param_groups[0]["params"]
@@ -117,7 +120,7 @@ class MemberOptimizer(torch.optim.Optimizer):
             index: {
                 key: stacked_layout(value[member]).clone()
                 if key in PER_MEMBER_STATE
-                else value.clone()
+                else value.to("cpu", copy=True)  # torch.optim's step count, on the CPU
                 for key, value in self.state[param].items()
             }
             for index, param in enumerate(group["params"])
@@ -227,22 +230,28 @@ class Adam(MemberOptimizer):
         group: dict,
     ) -> None:
         beta1, beta2 = group["betas"]
+        device = params[0].device if self.capturable else torch.device("cpu")
         for state, param in zip(states, params, strict=True):
             if not state:
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(param)
                 state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] += 1
-        step = states[0]["step"].item()  # a CPU tensor, as torch.optim keeps it: no device sync
+            # On the CPU, as torch.optim keeps it (no device sync); on the device when captured.
+            state["step"] = state["step"].to(device)
+        counts = [state["step"] for state in states]
+        torch._foreach_add_(counts, 1)
+        # The bias corrections: numbers, or tensors on the device when capturable.
+        step = counts[0] if self.capturable else counts[0].item()
+        correction1, correction2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
         averages = [state["exp_avg"] for state in states]
         squares = [state["exp_avg_sq"] for state in states]
         torch._foreach_lerp_(averages, grads, 1 - beta1)
         torch._foreach_mul_(squares, beta2)
         torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
         denominators = torch._foreach_sqrt(squares)
-        torch._foreach_div_(denominators, (1 - beta2**step) ** 0.5)
+        torch._foreach_div_(denominators, correction2)
         torch._foreach_add_(denominators, group["eps"])
-        steps = torch._foreach_mul(averages, [lr / (1 - beta1**step) for lr in lrs])
+        steps = torch._foreach_mul(averages, [lr / correction1 for lr in lrs])
         torch._foreach_addcdiv_(params, steps, denominators, value=-1)
 
 

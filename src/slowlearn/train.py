@@ -298,11 +298,9 @@ def train_and_test(
         member_status = status
         if history.diverged and status != "interrupted":
             member_status, member_error = "diverged", history.diverged
-        extra = (
-            {"final_output": history.test_results["test/output"]}
-            if module.trace and ("test/output" in history.test_results)
-            else {}
-        )
+        extra = {"epoch_training_seconds": module.epoch_training_seconds}
+        if module.trace and "test/output" in history.test_results:
+            extra["final_output"] = history.test_results["test/output"]
         metrics = summarise(
             history.val_history,
             history.test_results,
