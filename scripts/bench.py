@@ -571,18 +571,19 @@ def ablation_group(
     }
 
 
-def make_sweep_command(args: argparse.Namespace, index: int) -> dict[str, float]:
+def make_sweep_command(args: argparse.Namespace, index: int) -> dict[str, Any]:
     """The two commands of ``make sweep`` (the batched ablation, then its report), timed
-    together, as the Makefile runs them (here without make: a GPU machine has no .venv)."""
+    together, as the Makefile runs them (here without make: a GPU machine has no .venv), and
+    where the first one's time went."""
     sweep_dir = args.runs / f"make_sweep{index}"
-    command = [sys.executable, "-m", "slowlearn.train", "-m", "experiment=ablation"]
-    command += [f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=batched", *args.overrides]
-    train = run_process(command, threads=None)
+    train = sweep_command("batched", sweep_dir, args)
     report = run_process([sys.executable, "-m", "slowlearn.report", str(sweep_dir)], None)
     return {
         "seconds": train["seconds"] + report["seconds"],
         "train_seconds": train["seconds"],
         "report_seconds": report["seconds"],
+        "phases": train["phases"],
+        "import_seconds": import_seconds(None),
     }
 
 
@@ -616,7 +617,7 @@ def bench_graphs(args: argparse.Namespace, device: Any) -> dict[str, Any]:
         print(f"ablation group, graphs {group['graphs']}: {group['training_seconds']:.2f}s")
     sweeps = [make_sweep_command(args, index) for index in range(2)]
     for sweep in sweeps:
-        print("make sweep: " + ", ".join(f"{k} {v:.1f}" for k, v in sweep.items()), flush=True)
+        print(f"make sweep: {json.dumps(sweep)}", flush=True)
     return {
         "batch_size": cfg.data.batch_size,
         "steps_per_chunk": cfg.data.steps_per_chunk,
@@ -696,6 +697,10 @@ def graphs_markdown(report: dict[str, Any]) -> str:
         f"(cold: {graphs['make_sweep'][0]['seconds']:.1f}; training command "
         f"{warm_sweep['train_seconds']:.1f}, report {warm_sweep['report_seconds']:.1f}) "
         f"| {warm_sweep['seconds']:.1f} | {sweep_verdict} |",
+        "",
+        "Where the warm `make sweep` training command's time went, s: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in warm_sweep["phases"].items())
+        + f"; `import slowlearn.train` alone {warm_sweep['import_seconds']:.2f}.",
         "",
         f"Ablation group, graphed against eager, test accuracy run by run: largest difference "
         f"{100 * max(differences):.2f} points over {len(differences)} runs.",

@@ -163,6 +163,9 @@ def test_cuda_graphs_train_as_the_eager_steps(
         assert trainer.global_step == 200  # counted for the replayed steps too
         runs[graphs] = module
     eager, graphed = runs["false"], runs["true"]
+    if optimizer == "adam":  # its step count, on the device, counted by the replays too
+        states = trainer.optimizers[0].state.values()
+        assert {state["step"].item() for state in states} == {200}
     assert eager.chunk_graphs is None and len(graphed.chunk_graphs.graphs) == 4
     for expected, actual in zip(eager.network.stacked, graphed.network.stacked, strict=True):
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)

@@ -1,7 +1,9 @@
 """What each member's TensorBoard run gets, and when, and each member's host-side record.
 
 Per-step values (losses, traces, diagnostics) wait on the device and reach the loggers once
-per chunk, in one host transfer for all members. ``train/loss`` is the mean over each window
+per chunk, in one host transfer for all members, which starts when the chunk's steps are
+queued and is read one chunk later (``hand_over``, then ``flush``): a GPU never waits for the
+host's logging between chunks. ``train/loss`` is the mean over each window
 of ``log_every_n_steps``; the diagnostics are means over windows of at least
 ``diagnostics_window`` steps; histograms are written once per epoch. A value is logged at the
 number of updates made before it was computed, the x-axis of every curve. A member whose loss
@@ -58,6 +60,32 @@ class StepRecords:
     unit_slopes: list[list[Tensor]] = field(default_factory=list)  # per sigmoid layer
 
 
+def to_host(tensor: Tensor) -> Tensor:
+    """A copy on the host that does not wait for the device (``Transfer.wait`` does)."""
+    return tensor.to("cpu", non_blocking=True)
+
+
+@dataclass
+class Transfer:
+    """One chunk's values on their way to the host (``MemberLogs.hand_over``)."""
+
+    first_step: int  # the number of updates before the chunk: the step of its first loss
+    losses: Tensor  # [K, R]
+    trace: Tensor | None  # [R, K, columns]
+    window: tuple[Tensor, Tensor, int] | None  # a full diagnostics window and its step
+    ready: torch.cuda.Event | None = None  # recorded after the copies from a CUDA device
+
+    def started(self, device: torch.device) -> Transfer:
+        if device.type == "cuda":
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        return self
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+
 def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
     """All of one step's values: for TensorBoard as one event (its writer costs about 0.1 ms
     per event, and Lightning's log_metrics writes one per value: a diagnostics window of 20
@@ -98,16 +126,35 @@ class MemberLogs:
         for logger in self.loggers[member]:
             log_scalars(logger, metrics, step)
 
-    def flush_steps(self, first_step: int) -> list[list[float]]:
-        """Send this chunk's per-step values to the loggers; return the losses [R][K].
+    def hand_over(self, first_step: int, step: int) -> Transfer:
+        """Start this chunk's values (and a full diagnostics window, logged at ``step``) on
+        their way to the host, without waiting for the device: ``flush`` logs them later, so
+        that a GPU runs the next chunk meanwhile."""
+        records = self.records
+        device = records.losses[0].device
+        window = None
+        if self.window_is_full():
+            window = self._window_tensors()
+        transfer = Transfer(
+            first_step,
+            to_host(torch.cat(records.losses)),
+            to_host(torch.stack(records.trace, dim=1)) if records.trace else None,
+            (to_host(window[0]), to_host(window[1]), step) if window else None,
+        )
+        records.losses.clear()
+        records.trace.clear()
+        return transfer.started(device)
+
+    def flush(self, transfer: Transfer) -> list[list[float]]:
+        """Send a chunk's per-step values to the loggers; return its losses [R][K].
 
         Raises Divergence once every member's loss has stopped being finite.
         """
-        records = self.records
-        losses = torch.cat(records.losses).T.tolist()
+        transfer.wait()
+        losses = transfer.losses.T.tolist()
         for member in self.training():
             history = self.histories[member]
-            for step, value in enumerate(losses[member], start=first_step):
+            for step, value in enumerate(losses[member], start=transfer.first_step):
                 if not math.isfinite(value):
                     history.diverged = (
                         f"training loss is {value} at step {step}; "
@@ -121,13 +168,12 @@ class MemberLogs:
                     history.last_logged_loss = history.interval_sum / history.interval_count
                     self.log(member, {"train/loss": history.last_logged_loss}, step)
                     history.interval_sum, history.interval_count = 0.0, 0
-        if records.trace:
-            traced = torch.stack(records.trace, dim=1).tolist()  # [R][K][columns]
-            for member, rows in enumerate(traced):
-                for step, row in enumerate(rows, first_step):
+        if transfer.trace is not None:
+            for member, rows in enumerate(transfer.trace.tolist()):  # [R][K][columns]
+                for step, row in enumerate(rows, transfer.first_step):
                     self.log(member, dict(zip(self.trace_names, row, strict=True)), step)
-        records.losses.clear()
-        records.trace.clear()
+        if transfer.window is not None:
+            self._log_window(*transfer.window)
         if not self.training():
             only = len(self.histories) == 1
             raise Divergence(
@@ -139,18 +185,26 @@ class MemberLogs:
         diagnosed_steps = len(self.records.signal_sums) * self.diagnostics_every_n_steps
         return diagnosed_steps >= self.diagnostics_window
 
-    def flush_diagnostics(self, step: int) -> None:
+    def _window_tensors(self) -> tuple[Tensor, Tensor]:
+        """The window's error-signal sums and mean layer values, [R, F] each; cleared."""
         records = self.records
-        if not records.signal_sums:
-            return
-        sums = torch.stack(records.signal_sums).sum(dim=0).tolist()
-        values = torch.stack(records.layer_values).mean(dim=0).tolist()
-        for member in self.training():
-            metrics = diagnostics.window_means(sums[member])
-            metrics |= dict(zip(self.layer_fields, values[member], strict=True))
-            self.log(member, {f"diag/{name}": v for name, v in metrics.items()}, step)
+        sums = torch.stack(records.signal_sums).sum(dim=0)
+        values = torch.stack(records.layer_values).mean(dim=0)
         records.signal_sums.clear()
         records.layer_values.clear()
+        return sums, values
+
+    def _log_window(self, sums: Tensor, values: Tensor, step: int) -> None:
+        member_sums, member_values = sums.tolist(), values.tolist()
+        for member in self.training():
+            metrics = diagnostics.window_means(member_sums[member])
+            metrics |= dict(zip(self.layer_fields, member_values[member], strict=True))
+            self.log(member, {f"diag/{name}": v for name, v in metrics.items()}, step)
+
+    def flush_diagnostics(self, step: int) -> None:
+        """Log the diagnostics window so far (the end of an epoch), waiting for the device."""
+        if self.records.signal_sums:
+            self._log_window(*self._window_tensors(), step)
 
     def log_histograms(self, step: int) -> None:
         """Per epoch: the per-sample |de/dz_y|, and per layer the per-unit mean |dC/db_j| and

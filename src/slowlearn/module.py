@@ -35,7 +35,7 @@ from slowlearn.checks import ConfigError
 from slowlearn.cuda_graphs import ChunkGraphs
 from slowlearn.data import Chunk
 from slowlearn.losses import ACTIVATIONS, Objective, objective, targets_like
-from slowlearn.member_logs import MemberHistory, MemberLogs
+from slowlearn.member_logs import MemberHistory, MemberLogs, Transfer
 from slowlearn.model import MemberStack
 from slowlearn.optimizers import MemberOptimizer
 
@@ -93,6 +93,7 @@ class LitClassifier(pl.LightningModule):
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
         self.cuda_graphs = cuda_graphs  # auto: on for one CUDA device
         self.chunk_graphs: ChunkGraphs | None = None  # on_fit_start, where graphs are on
+        self.in_flight: Transfer | None = None  # the last chunk's values, on their way to the host
         # Members of one cell sit side by side: each objective runs once over its slice.
         self.cells: list[Cell] = []
         start = 0
@@ -173,6 +174,11 @@ class LitClassifier(pl.LightningModule):
             and isinstance(self.trainer.strategy, SingleDeviceStrategy)
             and str(self.trainer.precision) == "32-true"
         )
+        # On CUDA the optimizer's counts live on the device (torch.optim's ``capturable``):
+        # a graph can replay the update, and eager and graphed steps do the same arithmetic.
+        # (Adam's bias corrections as host numbers moved a graphed run 1.6e-4 off the eager
+        # one in 200 steps: its steps amplify rounding where a moment is near zero.)
+        self.optimizers().optimizer.capturable = self.device.type == "cuda"
         self.chunk_graphs = self._chunk_graphs()
 
     def _chunk_graphs(self) -> ChunkGraphs | None:
@@ -197,7 +203,6 @@ class LitClassifier(pl.LightningModule):
                 f"module.diagnostics_every_n_steps={every} under CUDA graphs "
                 f"(module.cuda_graphs={self.cuda_graphs}); or set module.cuda_graphs=false"
             )
-        self.optimizers().optimizer.capturable = True
         # Lightning counts global_step in Python at each optimizer step; a replay does not.
         steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         return ChunkGraphs(self.take_steps, self.logs.records, steps.increment_by)
@@ -215,9 +220,16 @@ class LitClassifier(pl.LightningModule):
             self.chunk_graphs.run(batch, diagnosed)
         else:
             self.take_steps(batch, diagnosed, captured=False)
-        self._show_progress(self.logs.flush_steps(first_step))
-        if self.logs.window_is_full():
-            self.logs.flush_diagnostics(self.global_step)
+        handed_over = self.logs.hand_over(first_step, self.global_step)
+        if self.in_flight is not None:  # the chunk before: on the host by now
+            self._show_progress(self.logs.flush(self.in_flight))
+        self.in_flight = handed_over
+
+    def _flush_in_flight(self) -> None:
+        """The epoch's last chunk's values, before validation and the checkpoint."""
+        if self.in_flight is not None:
+            transfer, self.in_flight = self.in_flight, None
+            self.logs.flush(transfer)
 
     def take_steps(self, batch: Batch, diagnosed: tuple[int, ...], captured: bool) -> None:
         """One optimiser step per mini-batch of the chunk; the chunk's losses [K, R] and the
@@ -323,6 +335,8 @@ class LitClassifier(pl.LightningModule):
         self.epoch_training_seconds.append(now - self.epoch_started)
 
     def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._flush_in_flight()
         now = self.clock()
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self._training_steps_ended(now)
@@ -335,6 +349,7 @@ class LitClassifier(pl.LightningModule):
     on_test_end = on_validation_end
 
     def on_train_epoch_end(self) -> None:
+        self._flush_in_flight()
         now = self.clock()
         if self.evaluation_started == self.epoch_started:  # no validation
             self._training_steps_ended(now)

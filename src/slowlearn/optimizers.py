@@ -61,7 +61,7 @@ class MemberOptimizer(torch.optim.Optimizer):
         # (its divergence ends it), and the masks are a third of its small update's cost.
         self.freeze = freeze
         # Whether every count lives on the device, so that a CUDA graph can replay the update
-        # (torch.optim's ``capturable``): set by the module when it captures its steps.
+        # (torch.optim's ``capturable``): set by the module on CUDA.
         self.capturable = False
         # Worked out once: a method call on an nn.Parameter costs tens of microseconds.
         self.member_axes = {
