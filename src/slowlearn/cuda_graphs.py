@@ -24,6 +24,7 @@ A kind of chunk is its mini-batch shapes and ``variant``, whatever else makes th
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -89,8 +90,17 @@ class ChunkGraphs:
         names = [field.name for field in fields(self.records)] if self.records is not None else []
         before = {name: len(getattr(self.records, name)) for name in names}
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
-            self.steps(static, variant, True)
+        # No garbage collection while capturing: collecting an earlier run's graphs frees
+        # device memory, which a capturing stream does not permit (torch >= 2.9 no longer
+        # collects before a capture; it crashed the benchmark's second round on the H200).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream):
+                self.steps(static, variant, True)
+        finally:
+            if collecting:
+                gc.enable()
         outputs = {}
         for name in names:  # nothing ran yet: the captured entries are the graph's outputs
             entries = getattr(self.records, name)
