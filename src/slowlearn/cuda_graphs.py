@@ -14,9 +14,8 @@ what a replay needs that eager steps get for free is done here:
 - Python state does not replay: ``on_replay(K)`` counts the steps (Lightning's global_step),
   and the optimizer keeps its step count on the device (``capturable``).
 - Warm-up: the first chunk runs eagerly, on a side stream as the CUDA-graph documentation
-  asks (the one that captures later, so that what a stream sets up lazily is set up), and
-  creates the optimizer's state (SGD's momentum buffers appear at its first step). It is a
-  chunk of the run's own training, not extra steps.
+  asks, and creates the optimizer's state (SGD's momentum buffers appear at its first step).
+  It is a chunk of the run's own training, not extra steps.
 
 A kind of chunk is its mini-batch shapes and ``variant``, whatever else makes the steps differ
 (which of them are diagnosed): the last, shorter chunk of an epoch has a graph of its own.
@@ -64,17 +63,21 @@ class ChunkGraphs:
     ) -> None:
         self.steps, self.records, self.on_replay = steps, records, on_replay
         self.graphs: dict[Hashable, CapturedChunk] = {}
-        self.stream: torch.cuda.Stream | None = None  # set by the warm-up
+        # Never used eagerly: cuBLAS's workspace for it is made during the first capture, in
+        # the graph's own memory. One made outside (by eager steps on this stream) is freed
+        # by Lightning at every fit's start and end, under a graph that still writes to it.
+        self.capture_stream: torch.cuda.Stream | None = None  # after the warm-up
 
     def run(self, chunk: Chunk, variant: Hashable = None) -> None:
         if chunk.block is None:
             raise ValueError("a CUDA graph takes a chunk of index mini-batches (with a block)")
-        if self.stream is None:  # the warm-up chunk, on the stream that captures later
-            self.stream, current = torch.cuda.Stream(), torch.cuda.current_stream()
-            self.stream.wait_stream(current)
-            with torch.cuda.stream(self.stream):
+        if self.capture_stream is None:  # the warm-up chunk, on a side stream of its own
+            side, current = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
                 self.steps(chunk, variant, False)
-            current.wait_stream(self.stream)
+            current.wait_stream(side)
+            self.capture_stream = torch.cuda.Stream()
             return
         key = (tuple(chunk.block.shape), tuple(chunk.batch_sizes), variant)
         captured = self.graphs.get(key) or self.capture(chunk, variant, key)
@@ -96,7 +99,7 @@ class ChunkGraphs:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            with torch.cuda.graph(graph, stream=self.stream):
+            with torch.cuda.graph(graph, stream=self.capture_stream):
                 self.steps(static, variant, True)
         finally:
             if collecting:
