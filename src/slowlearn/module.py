@@ -225,12 +225,6 @@ class LitClassifier(pl.LightningModule):
             self._show_progress(self.logs.flush(self.in_flight))
         self.in_flight = handed_over
 
-    def _flush_in_flight(self) -> None:
-        """The epoch's last chunk's values, before validation and the checkpoint."""
-        if self.in_flight is not None:
-            transfer, self.in_flight = self.in_flight, None
-            self.logs.flush(transfer)
-
     def take_steps(self, batch: Batch, diagnosed: tuple[int, ...], captured: bool) -> None:
         """One optimiser step per mini-batch of the chunk; the chunk's losses [K, R] and the
         diagnosed steps' values go to the records. ``captured``: into a CUDA graph, which
@@ -330,17 +324,20 @@ class LitClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_started = self.evaluation_started = self.clock()
 
-    def _training_steps_ended(self, now: float) -> None:
+    def _end_training_steps(self) -> float:
+        """The epoch's training steps are over: its last chunk's values are logged (before
+        validation and the checkpoint) and its steps' time counted. Returns now."""
+        if self.in_flight is not None:
+            transfer, self.in_flight = self.in_flight, None
+            self.logs.flush(transfer)
+        now = self.clock()
         self.seconds["training"] += now - self.epoch_started
         self.epoch_training_seconds.append(now - self.epoch_started)
+        return now
 
     def on_validation_start(self) -> None:
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self._flush_in_flight()
-        now = self.clock()
-        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            self._training_steps_ended(now)
-        self.evaluation_started = now
+        fitting = self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        self.evaluation_started = self._end_training_steps() if fitting else self.clock()
 
     def on_validation_end(self) -> None:
         self.seconds["evaluation"] += self.clock() - self.evaluation_started
@@ -349,10 +346,8 @@ class LitClassifier(pl.LightningModule):
     on_test_end = on_validation_end
 
     def on_train_epoch_end(self) -> None:
-        self._flush_in_flight()
-        now = self.clock()
-        if self.evaluation_started == self.epoch_started:  # no validation
-            self._training_steps_ended(now)
+        validated = self.evaluation_started != self.epoch_started
+        now = self.clock() if validated else self._end_training_steps()
         self.epoch_seconds.append(now - self.epoch_started)
         self.logs.flush_diagnostics(self.global_step)
         self.logs.log_histograms(self.global_step)
