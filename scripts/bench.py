@@ -477,9 +477,6 @@ def sweep_markdown(report: dict[str, Any]) -> str:
         for name in b["test_acc"]
     ]
 
-    def verdict(value: float, target: float) -> str:
-        return f"≤ {target:.2f}: {'met' if value <= target else 'MISSED'}"
-
     lines = [
         f"Sweep benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
         f"{env['device']}, {env['cores']} cores, torch {env['torch']}, Lightning "
@@ -640,9 +637,6 @@ def graphs_markdown(report: dict[str, Any]) -> str:
     def median(setup: str, key: str, pick: Callable[[list[float]], float] = steady) -> float:
         return statistics.median(pick(r[setup][key]) for r in rounds)
 
-    def verdict(value: float, target: float) -> str:
-        return f"< {target:g}: {'met' if value < target else 'MISSED'}"
-
     lines = [
         f"CUDA graphs benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
         f"{env['device']}, torch {env['torch']}, Lightning {env['pytorch_lightning']}; "
@@ -682,7 +676,7 @@ def graphs_markdown(report: dict[str, Any]) -> str:
     ]
     warm_sweep = graphs["make_sweep"][-1]
     group_runs = ", ".join(f"{g['training_seconds']:.2f}" for g in group_graphed)
-    sweep_verdict = verdict(warm_sweep["seconds"], GRAPH_TARGETS["make_sweep"])
+    sweep_verdict = verdict(warm_sweep["seconds"], GRAPH_TARGETS["make_sweep"], under=True)
     lines += [
         "",
         "| target | measured | verdict |",
@@ -692,7 +686,7 @@ def graphs_markdown(report: dict[str, Any]) -> str:
         f"| training of the 18-member ablation group, 3 epochs, s (captures included; "
         f"runs: {group_runs}; eager "
         f"{group_eager[0]['training_seconds']:.2f}) | {best_group:.2f} "
-        f"| {verdict(best_group, GRAPH_TARGETS['ablation_group_training'])} |",
+        f"| {verdict(best_group, GRAPH_TARGETS['ablation_group_training'], under=True)} |",
         f"| the `make sweep` commands (batched ablation, then its report), warm caches, s "
         f"(cold: {graphs['make_sweep'][0]['seconds']:.1f}; training command "
         f"{warm_sweep['train_seconds']:.1f}, report {warm_sweep['report_seconds']:.1f}) "
@@ -733,6 +727,12 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
     }
 
 
+def verdict(value: float, target: float, under: bool = False) -> str:
+    """Whether a measure meets its target: at most ``target``, or ``under`` it."""
+    met = value < target if under else value <= target
+    return f"{'<' if under else '≤'} {target:.2f}: {'met' if met else 'MISSED'}"
+
+
 def fmt(values: dict[str, float], digits: int = 3) -> str:
     return f"{values['median']:.{digits}f} ({values['min']:.{digits}f}–{values['max']:.{digits}f})"
 
@@ -756,14 +756,13 @@ def markdown(report: dict[str, Any]) -> str:
             steps_only = fmt(s["steps_ratio_to_floor"], 2) if setup == "slowlearn" else ""
             fit = fmt(s["fit_seconds"], 2) if setup == "slowlearn" else ""
             target = TARGETS.get((device_type, result["batch_size"]))
-            verdict = ""
+            met = ""
             if setup == "slowlearn" and target:
-                met = s["ratio_to_floor"]["median"] <= target
-                verdict = f"≤ {target:.2f}: {'met' if met else 'MISSED'}"
+                met = verdict(s["ratio_to_floor"]["median"], target)
             lines.append(
                 f"| {result['model']} | {result['batch_size']} | {setup} "
                 f"| {fmt(s['epoch_seconds'])} | {s['steps_per_second']['median']:.0f} "
-                f"| {fmt(s['ratio_to_floor'], 2)} | {steps_only} | {fit} | {verdict} |"
+                f"| {fmt(s['ratio_to_floor'], 2)} | {steps_only} | {fit} | {met} |"
             )
     process = report.get("process")
     if process:
