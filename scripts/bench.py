@@ -160,32 +160,35 @@ class GraphedLoop(PlainLoop):
         return steps
 
 
-def floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> PlainLoop:
+def epoch_orders(cfg: Any, device: Any, size: int) -> Callable[[], Any]:
+    """The floor's sample order of each epoch in turn, on the device: a permutation per epoch
+    from a generator seeded with the run's seed."""
     import torch
 
-    x, y = images.to(device), labels.to(device)  # the data module's: normalised once
     generator = torch.Generator().manual_seed(cfg.seed)
-    batch_size = cfg.data.batch_size
+    return lambda: torch.randperm(size, generator=generator).to(device)
+
+
+def floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> PlainLoop:
+    x, y = images.to(device), labels.to(device)  # the data module's: normalised once
+    orders, batch_size = epoch_orders(cfg, device, len(y)), cfg.data.batch_size
 
     def batches() -> Iterable[tuple[Any, Any]]:
-        order = torch.randperm(len(y), generator=generator).to(device)
-        return ((x[index], y[index]) for index in order.split(batch_size))
+        return ((x[index], y[index]) for index in orders().split(batch_size))
 
     return PlainLoop(cfg, device, batches)
 
 
 def graphed_floor_loop(cfg: Any, device: Any, images: Any, labels: Any) -> GraphedLoop:
-    """The floor's epochs (the same order) as chunks replayed by CUDA graphs."""
-    import torch
-
+    """The floor's epochs (the same orders) as chunks replayed by CUDA graphs."""
     from slowlearn.data import Chunk
 
     x, y = images.to(device), labels.to(device)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    orders = epoch_orders(cfg, device, len(y))
     size, chunk_samples = cfg.data.batch_size, cfg.data.batch_size * cfg.data.steps_per_chunk
 
     def chunks() -> Iterable[Any]:
-        order = torch.randperm(len(y), generator=generator).to(device)
+        order = orders()
         for start in range(0, len(order), chunk_samples):
             block = order[start : start + chunk_samples]
             yield Chunk(x, y, list(block.split(size)), block)
