@@ -26,6 +26,14 @@ SCALARS = {
     "diag/grad_norm/output",
     "diag/bias_grad_norm/hidden1",
     "diag/bias_grad_norm/output",
+    # Over the fixed training images, at step 0 and at each epoch's end.
+    "diag/fixed/saturated_wrong_pairs",
+    "diag/fixed/saturated_wrong_fraction",
+    "diag/fixed/output_factor",
+    "diag/fixed/error_signal/true_class_wrong",
+    "diag/fixed/error_signal/true_class_right",
+    "diag/fixed/bias_grad_norm/hidden1",
+    "diag/fixed/bias_grad_norm/output",
 }
 
 
@@ -57,8 +65,19 @@ def test_event_files_hold_losses_accuracies_and_diagnostics_by_layer(tiny_sweep:
         assert not [tag for tag in scalars if tag.rsplit("/", 1)[-1].isdigit()]  # no indices
         assert [step for step, _ in scalars["train/loss"]] == [9, 19]  # 10-step means
         assert [step for step, _ in scalars["val/acc"]] == [10, 20]
-        # The speed of learning of each layer at the initial weights, at step 0.
-        assert scalars["diag/bias_grad_norm/output"][0][0] == 0
+        # One tag, one measure: the fixed sample at step 0 and at each epoch's end, the
+        # mini-batch windows after updates only.
+        for tag in (t for t in SCALARS if t.startswith("diag/fixed/")):
+            if "true_class_wrong" not in tag:  # a later epoch may classify every image right
+                assert [step for step, _ in scalars[tag]] == [0, 10, 20], tag
+        assert scalars["diag/bias_grad_norm/output"][0][0] > 0
+        factor = [v for _, v in scalars["diag/fixed/output_factor"]]
+        pairs = [v for _, v in scalars["diag/fixed/saturated_wrong_pairs"]]
+        assert all(0 <= v <= 1 for v in pairs)
+        if name.startswith("softmax+nll"):  # eq. 5.5: de/dz = o - y
+            assert all(abs(v - 1) < 1e-4 for v in factor), factor
+        else:  # sigmoid+mse: the factor is the outputs' effective slope, at most 0.25
+            assert all(0 < v <= 0.25 for v in factor), factor
 
 
 def epoch1(run_dir: Path, tag: str) -> float:

@@ -13,6 +13,11 @@ softmax+nll, identity+mse) and the effective sigma' of sigmoid+mse.
 
 Everything stays on the device: a diagnosed step adds a few tensors [R, F], and the host reads
 them once per logging window.
+
+Two kinds of measurement, never under one tag: mini-batch windows (``layer_values``,
+``error_signal_sums``: means over the sampled steps of a window) and the fixed sample
+(``fixed_sample_values``: one measurement over the same 1,000 training images, at step 0 and at
+every epoch's end), whose values do not carry mini-batch noise and compare across runs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from torch import Tensor
 # slope do_y/dz_y = o_y (1 - o_y) is then below 0.09 (its maximum is 0.25 at o_y = 0.5), for
 # sigmoid and softmax outputs alike, so a loss whose gradient keeps that factor barely moves it.
 SATURATED_BELOW = 0.1
+# An (sample, output) pair is "saturated and wrong" when |o_i - y_i| is above this: the output
+# sits at the wrong end of its range, where the slope of a sigmoid is below 0.09.
+SATURATED_PAIR_ERROR = 0.9
 # A hidden sigmoid unit is saturated on a sample where its slope sigma'(z) is below this
 # (|z| above about 3: a fifth of the slope's maximum, 0.25).
 SATURATED_SLOPE = 0.05
@@ -132,3 +140,47 @@ def layer_values(
     columns += [slope.mean(dim=(1, 2)) for slope in slopes]
     columns += [(slope < SATURATED_SLOPE).to(slope.dtype).mean(dim=(1, 2)) for slope in slopes]
     return torch.stack([*columns, factor], dim=1)
+
+
+def fixed_fields(layer_names: Sequence[str]) -> list[str]:
+    """The names of ``fixed_sample_values``' columns (logged under ``diag/fixed/``)."""
+    return [
+        "saturated_wrong_pairs",
+        "saturated_wrong_fraction",
+        "output_factor",
+        "error_signal/true_class_wrong",
+        "error_signal/true_class_right",
+        *(f"bias_grad_norm/{name}" for name in layer_names),
+    ]
+
+
+def fixed_sample_values(
+    outputs: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    targets: Tensor,
+    logits_grad: Tensor,
+    probabilities: Tensor,
+    bias_grads: Sequence[Tensor],
+) -> Tensor:
+    """[R, len(fixed_fields)] over one fixed sample of B images: the fraction of (sample,
+    output) pairs with |o - y| > SATURATED_PAIR_ERROR and of misclassified samples with
+    o_y < SATURATED_BELOW (NaN without probabilities), the output factor, the mean |de/dz_y|
+    over the misclassified and over the rightly classified samples (NaN for an empty set), and
+    every layer's ||dC/db|| for C the sample's mean objective (Nielsen's speed of learning).
+
+    ``logits_grad`` and ``bias_grads`` are gradients of the sum of the members' sample means.
+    """
+    sums, _ = error_signal_sums(outputs, logits, labels, logits_grad, probabilities)
+    total = dict(zip(ERROR_SIGNAL_FIELDS, sums.unbind(dim=-1), strict=True))
+    wrong = total["samples"] - total["right"]
+    pairs = ((outputs - targets).abs() > SATURATED_PAIR_ERROR).to(outputs.dtype).mean(dim=(1, 2))
+    columns = [
+        torch.where(probabilities, pairs, math.nan),
+        total["saturated_wrong"] / total["samples"],
+        output_factor(logits_grad, outputs, targets),
+        total["true_class_wrong"] / wrong,  # 0 / 0 is NaN: no such sample, no value
+        total["true_class_right"] / total["right"],
+        *(member_norms(grad) for grad in bias_grads),
+    ]
+    return torch.stack(columns, dim=1)

@@ -208,8 +208,8 @@ class LitClassifier(pl.LightningModule):
         return ChunkGraphs(self.take_steps, self.logs.records, steps.increment_by)
 
     def on_train_start(self) -> None:
-        if self.global_step == 0 and self.diagnostics_every_n_steps > 0:
-            self._log_initial_learning_speed()
+        if self.global_step == 0:
+            self._log_fixed_sample()
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         first_step = self.global_step  # updates made before this chunk
@@ -291,21 +291,36 @@ class LitClassifier(pl.LightningModule):
         columns += [p.detach() for p in self.network.stacked if p.dim() == 1]
         self.logs.records.trace.append(torch.stack(columns, dim=1))
 
-    def _log_initial_learning_speed(self) -> None:
-        """Each layer's ||dC/db|| at the initial weights, over a fixed set of training images
-        (Nielsen's "speed of learning"), logged at step 0 under the tags of the windows."""
+    def _log_fixed_sample(self) -> None:
+        """The why, measured over a fixed set of training images (the same at every call, for
+        every member), logged under ``diag/fixed/`` at the current step: saturation, the output
+        factor, the error signal of wrong and right samples, and each layer's ||dC/db||
+        (Nielsen's "speed of learning"). Taken at step 0 and at every epoch's end."""
         sample = getattr(self.trainer.datamodule, "fixed_training_sample", None)
-        if sample is None:
+        if sample is None or self.diagnostics_every_n_steps <= 0:
             return
         x, y = sample()
-        logits, _ = self.network(x)
-        biases = [bias for _, _, bias in self.network.layer_parameters()]
-        losses = self.member_losses(logits, targets_like(logits, y))
-        grads = torch.autograd.grad(losses.sum(), biases)
-        norms = torch.stack([diagnostics.member_norms(g) for g in grads], dim=1).tolist()
-        for member, row in enumerate(norms):
-            names = [f"diag/bias_grad_norm/{name}" for name in self.network.layer_names]
-            self.logs.log(member, dict(zip(names, row, strict=True)), 0)
+        with torch.inference_mode(False), torch.enable_grad():
+            logits, _ = self.network(x)
+            targets = targets_like(logits.detach(), y)
+            biases = [bias for _, _, bias in self.network.layer_parameters()]
+            losses = self.member_losses(logits, targets)
+            # autograd.grad leaves the parameters' .grad alone: training is not disturbed.
+            logits_grad, *bias_grads = torch.autograd.grad(losses.sum(), [logits, *biases])
+        logits = logits.detach()
+        values = diagnostics.fixed_sample_values(
+            self.outputs(logits),
+            logits,
+            y.expand(logits.shape[:-1]),
+            targets,
+            logits_grad,
+            self.probabilities,
+            bias_grads,
+        ).tolist()
+        names = [f"diag/fixed/{n}" for n in diagnostics.fixed_fields(self.network.layer_names)]
+        for member in self.logs.training():
+            pairs = zip(names, values[member], strict=True)
+            self.logs.log(member, {n: v for n, v in pairs if math.isfinite(v)}, self.global_step)
 
     def _show_progress(self, losses: list[list[float]]) -> None:
         """The progress bar's values: the loss of a single run, the number of members still
@@ -351,6 +366,7 @@ class LitClassifier(pl.LightningModule):
         self.epoch_seconds.append(now - self.epoch_started)
         self.logs.flush_diagnostics(self.global_step)
         self.logs.log_histograms(self.global_step)
+        self._log_fixed_sample()
         metrics = {"time/epoch_seconds": self.epoch_seconds[-1], "epoch": self.current_epoch}
         for member in self.logs.training():
             self.logs.log(member, metrics, self.global_step)
