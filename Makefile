@@ -46,7 +46,7 @@ bench-sweep: $(INSTALLED)  ## the 18-run ablation batched against the basic laun
 # The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
 NEWEST_SWEEP = $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)
 
-.PHONY: report sweep
+.PHONY: report sweep results
 report: $(INSTALLED)  ## the report of RUN (a sweep or run folder; default the newest sweep)
 	@test -n "$(or $(RUN),$(NEWEST_SWEEP))" || { echo "no sweep under logs/multiruns: run make sweep, or give RUN=<folder>"; exit 2; }
 	$(PY) -m slowlearn.report $(or $(RUN),$(NEWEST_SWEEP))
@@ -59,6 +59,11 @@ sweep: $(INSTALLED)  ## EXPERIMENT (default ablation) as a Hydra multirun, then 
 	  $(PY) -m slowlearn.train -m experiment=$(EXPERIMENT) hydra.sweep.dir=$$dir $(LAUNCHER_ARGS) $(ARGS); \
 	  trained=$$?; $(PY) -m slowlearn.report $$dir && \
 	  echo "inspect: make tensorboard RUN=$$dir" && exit $$trained; }
+
+# docs/results.md and README's summary from the newest sweep of each preset and dataset, every
+# report regenerated; exit 2, and neither file touched, while ablation, lr_fair or depth has none.
+results: $(INSTALLED)  ## docs/results.md and the README's results block, from the newest sweeps
+	$(PY) -m slowlearn.report.results
 
 # TensorBoard on RUN (a sweep or run folder; default all of logs/), and the links of its views:
 # one colour per cell (runColorGroup), the seed-aggregated runs alone (runFilter), and the

@@ -1,0 +1,432 @@
+"""docs/results.md, and the README's summary of it, rebuilt from the newest sweep of every
+preset and dataset under logs/multiruns, so that the results shown can never be older than the
+code and the sweeps:
+
+    python -m slowlearn.report.results        # make results
+
+Each sweep's report is regenerated (``make_report``) and its report.md embedded whole, headings
+demoted and figures copied into docs/results/, so that whatever the report states, results.md
+states too. A required preset without a sweep is an error (exit 2) that leaves both files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from math import prod
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from slowlearn.records import read_metrics, run_settings, write_atomically
+from slowlearn.report import make_report
+
+REQUIRED = ("ablation", "lr_fair", "depth")
+DEFAULT_DATASET = "mnist"
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+COMMAND = "make results"
+WALL_TIME_NOTE = (
+    "Wall time: from the sweep's start (when Hydra wrote multirun.yaml, before the first job) "
+    "to the last metrics.json a run wrote, read from the files' modification times."
+)
+IMAGE = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")  # a markdown link or image: [alt](target)
+PERCENT = re.compile(r"\d+(?:\.\d+)?%")
+
+
+@dataclass
+class Sweep:
+    folder: Path
+    preset: str  # config["name"] of its runs
+    dataset: str  # run_settings' dataset; several joined by "+"
+    statuses: Counter = field(default_factory=Counter)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.preset, self.dataset
+
+    @property
+    def runs(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def slug(self) -> str:
+        """The figures' name prefix: the preset, and the dataset unless it is MNIST."""
+        part = "" if self.dataset == DEFAULT_DATASET else f"-{self.dataset}"
+        return f"{self.preset}{part}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.preset} ({dataset_name(self.dataset)})"
+
+
+def dataset_name(dataset: str) -> str:
+    return "+".join(DATASET_NAMES.get(part, part) for part in dataset.split("+"))
+
+
+def read_sweep(folder: Path) -> Sweep | None:
+    """A sweep folder's preset, dataset and run statuses; None without any run."""
+    records = [read_metrics(path.parent) for path in sorted(folder.rglob("metrics.json"))]
+    configs = [record.get("config") or {} for record in records]
+    names = Counter(str(config.get("name")) for config in configs)
+    if not names:
+        return None
+    # A run beside the sweep's jobs (a rerun of one cell) must not give the sweep its name.
+    preset = names.most_common(1)[0][0]
+    datasets = sorted(
+        {
+            str(run_settings(config)["dataset"])
+            for config in configs
+            if str(config.get("name")) == preset
+        }
+    )
+    statuses = Counter(str(record.get("status")) for record in records)
+    return Sweep(folder, preset, "+".join(datasets), statuses)
+
+
+def find_sweeps(logs: Path) -> list[Sweep]:
+    """Every sweep under ``logs/multiruns/<name>/`` with at least one completed run."""
+    sweeps = []
+    for folder in sorted((logs / "multiruns").glob("*/*")):
+        sweep = read_sweep(folder) if folder.is_dir() else None
+        if sweep and sweep.statuses["completed"]:
+            sweeps.append(sweep)
+    return sweeps
+
+
+def newest(sweeps: Iterable[Sweep]) -> dict[tuple[str, str], list[Sweep]]:
+    """The sweeps of each (preset, dataset), newest first: sweep folders are named
+    ``<date>_<time>-XXXX``, so their names sort by time."""
+    by_key: dict[tuple[str, str], list[Sweep]] = {}
+    for sweep in sweeps:
+        by_key.setdefault(sweep.key, []).append(sweep)
+    return {
+        key: sorted(found, key=lambda s: (s.folder.name, start_time(s.folder)), reverse=True)
+        for key, found in by_key.items()
+    }
+
+
+def parse_required(names: Sequence[str]) -> list[tuple[str, str]]:
+    """``preset`` or ``preset:dataset`` (default MNIST)."""
+    return [(name.partition(":")[0], name.partition(":")[2] or DEFAULT_DATASET) for name in names]
+
+
+def missing_error(logs: Path, preset: str, dataset: str) -> str:
+    args = "" if dataset == DEFAULT_DATASET else f" ARGS=data={dataset}"
+    return (
+        f"error: no {preset} sweep (data {dataset}) under {logs / 'multiruns' / preset}: "
+        f"run make sweep EXPERIMENT={preset}{args}"
+    )
+
+
+def section_order(keys: Iterable[tuple[str, str]], required: Sequence[str]) -> list:
+    """The required presets in their order, then the others by name; MNIST first in each."""
+    rank = {name: place for place, name in enumerate(required)}
+    return sorted(
+        keys,
+        key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1] != DEFAULT_DATASET, k[1]),
+    )
+
+
+# ------------------------------------------------------------------ a sweep's facts
+
+
+def start_time(folder: Path) -> float:
+    """When the sweep started: Hydra writes multirun.yaml, then each job's .hydra/config.yaml."""
+    written = [p.stat().st_mtime for p in folder.glob("multirun.yaml")]
+    written += [p.stat().st_mtime for p in folder.rglob(".hydra/config.yaml")]
+    return min(written, default=folder.stat().st_mtime)
+
+
+def wall_seconds(folder: Path) -> float:
+    ends = [p.stat().st_mtime for p in folder.rglob("metrics.json")]
+    return max(0.0, max(ends, default=0.0) - start_time(folder))
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def multirun_settings(folder: Path) -> tuple[list[str], dict[str, list[str] | None]]:
+    """The command-line overrides of a sweep, and the parameters it swept with their values.
+
+    Hydra's basic sweeper takes the preset's ``hydra.sweeper.params``, then the command line's
+    overrides, the later replacing the earlier per key: so a grid reduced on the command line
+    shows here as reduced. None for values that cannot be listed (a glob).
+    """
+    path = folder / "multirun.yaml"
+    if not path.is_file():
+        return [], {}
+    config = OmegaConf.load(path)
+    task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    params = OmegaConf.select(config, "hydra.sweeper.params", default={}) or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    swept: dict[str, list[str] | None] = {}
+    for override in OverridesParser.create().parse_overrides([*arguments, *task]):
+        key = override.get_key_element()
+        swept.pop(key, None)
+        if override.is_sweep_override():
+            try:
+                swept[key] = [str(value) for value in override.sweep_string_iterator()]
+            except Exception:  # a sweep Hydra can only expand against the config
+                swept[key] = None
+    return task, swept
+
+
+def grid_text(swept: dict[str, list[str] | None]) -> str:
+    if not swept:
+        return "nothing (a single job)"
+    parts = [
+        f"`{key}` ({len(values)}: {', '.join(values)})" if values else f"`{key}`"
+        for key, values in swept.items()
+    ]
+    counts = [len(values) for values in swept.values() if values]
+    total = f" = {prod(counts)} combinations" if len(counts) == len(swept) else ""
+    return " × ".join(parts) + total
+
+
+def statuses_text(statuses: Counter) -> str:
+    counted = sorted(statuses.items(), key=lambda item: (item[0] != "completed", item[0]))
+    return ", ".join(f"{count} {status}" for status, count in counted)
+
+
+# ------------------------------------------------------------------ embedding report.md
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def demote(markdown: str, levels: int) -> str:
+    """Every heading ``levels`` deeper, outside fenced code."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            line = "#" * levels + line
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def relink(
+    markdown: str, sweep: Sweep, images: Path, out_dir: Path, copies: dict[Path, Path]
+) -> str:
+    """Images to copies in ``images`` (recorded in ``copies``: copy -> original), other
+    relative links to the sweep's files, both relative to ``out_dir``."""
+
+    def replace(match: re.Match) -> str:
+        target = match.group(2)
+        if "://" in target or target.startswith(("#", "/", "mailto:")):
+            return match.group(0)
+        source = sweep.folder / target
+        if match.group(1).startswith("!"):
+            if not source.is_file():
+                print(f"warning: {source} is missing: its link is left as it is", file=sys.stderr)
+                return match.group(0)
+            copy = images / f"{sweep.slug}-{target.replace('/', '-')}"
+            copies[copy] = source
+            source = copy
+        link = Path(os.path.relpath(source.resolve(), out_dir.resolve())).as_posix()
+        return f"{match.group(1)}{link}{match.group(3)}"
+
+    return IMAGE.sub(replace, markdown)
+
+
+def first_finding(report: str) -> str | None:
+    """The first bullet of report.md's "## Findings", on one line, italics stripped."""
+    bullets: list[list[str]] = []
+    inside = False
+    for line in report.splitlines():
+        if re.match(r"#{1,6} ", line):
+            inside = line.strip() == "## Findings"
+        elif inside and line.startswith("- "):
+            bullets.append([line[2:].strip()])
+        elif inside and line.strip() and bullets:
+            bullets[-1].append(line.strip())
+        elif inside and not line.strip() and bullets:
+            break
+    if not bullets:
+        return None
+    text = " ".join(bullets[0])
+    return re.sub(r"(?<![\w*])[*_]([^*_]+)[*_](?![\w*])", r"\1", text).strip()
+
+
+# ------------------------------------------------------------------ the two documents
+
+
+def git_state() -> str:
+    """The commit, and whether tracked code or configs differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src", "conf"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit (no git repository here)"
+    dirty = any(not line.startswith("??") for line in changes)
+    return f"commit {commit}" + (" + uncommitted changes" if dirty else "")
+
+
+@dataclass
+class Section:
+    sweep: Sweep
+    older: int  # older sweeps of the same preset and dataset, not shown
+    report: str  # report.md as written just now
+    overrides: list[str]
+    swept: dict[str, Any]
+
+    @property
+    def anchor(self) -> str:
+        return github_anchor(self.sweep.title)
+
+
+def section_md(section: Section, shown: Path, images: Path, out_dir: Path, copies: dict) -> str:
+    sweep = section.sweep
+    overrides = ", ".join(f"`{o}`" for o in section.overrides) or "none (no multirun.yaml)"
+    lines = [
+        f"## {sweep.title}",
+        "",
+        f"- Sweep: `{shown}`",
+        f"- Overrides: {overrides}",
+        f"- Swept: {grid_text(section.swept)}",
+        f"- Runs: {sweep.runs} ({statuses_text(sweep.statuses)})",
+        f"- Wall time: {duration(wall_seconds(sweep.folder))}",
+    ]
+    if section.older:
+        lines.append(f"- Older sweeps of this preset and dataset, not shown: {section.older}")
+    body = relink(demote(section.report, 2), sweep, images, out_dir, copies)
+    return "\n".join([*lines, "", body.strip(), ""])
+
+
+def results_md(sections: list[Section], shown: list[Path], images: Path, out: Path) -> tuple:
+    """The text of results.md, and the figures to copy (copy -> original)."""
+    copies: dict[Path, Path] = {}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "<!-- Generated by `make results`: never edit by hand, rerun it. -->",
+        "# Results",
+        "",
+        f"Generated by `{COMMAND}` on {stamp} from {git_state()}; never edit this file by "
+        f"hand. Each section is the newest sweep of one preset on one dataset, with the report "
+        f"that `make report` writes for it, regenerated now. {WALL_TIME_NOTE}",
+        "",
+        *(f"- [{s.sweep.title}](#{s.anchor}): {s.sweep.runs} runs" for s in sections),
+        "",
+    ]
+    for section, folder in zip(sections, shown, strict=True):
+        lines.append(section_md(section, folder, images, out.parent, copies))
+    return "\n".join(lines).rstrip() + "\n", copies
+
+
+def readme_block(sections: list[Section], out: Path, readme: Path) -> str:
+    link = Path(os.path.relpath(out.resolve(), readme.parent.resolve())).as_posix()
+    lines = [
+        f"Written by `{COMMAND}` with [{link}]({link}): the first finding of the newest sweep "
+        "of each preset; the tables, the other findings and the figures are there.",
+        "",
+    ]
+    for section in sections:
+        sweep = section.sweep
+        text = first_finding(section.report) or "no finding."
+        lines.append(
+            f"- **{sweep.preset}** ({sweep.runs} runs, {dataset_name(sweep.dataset)}): {text} "
+            f"([more]({link}#{section.anchor}))"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace what stands between the markers; False (and the file untouched) without them."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+        return False
+    updated = f"{text[: begin + len(BEGIN)]}\n{block}\n{text[end:]}"
+    if updated != text:
+        write_atomically(readme, updated.encode())
+    return True
+
+
+def shown_path(folder: Path) -> Path:
+    """A folder as results.md names it: relative to here when below it."""
+    try:
+        return folder.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="docs/results.md and the README's summary, from the newest sweeps."
+    )
+    parser.add_argument("--logs", type=Path, default=Path("logs"), help="default: logs")
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument(
+        "--require",
+        nargs="*",
+        default=list(REQUIRED),
+        metavar="P",
+        help="presets that must have a sweep, P or P:DATASET (default: %(default)s on mnist)",
+    )
+    args = parser.parse_args(argv)
+
+    sweeps = newest(find_sweeps(args.logs))
+    missing = [key for key in parse_required(args.require) if key not in sweeps]
+    for preset, dataset in missing:
+        print(missing_error(args.logs, preset, dataset), file=sys.stderr)
+    if missing:
+        return 2
+
+    sections = []
+    for key in section_order(sweeps, [p for p, _ in parse_required(args.require)]):
+        sweep, *older = sweeps[key]
+        print(f"report: {sweep.folder}")
+        make_report(sweep.folder)
+        overrides, swept = multirun_settings(sweep.folder)
+        report = (sweep.folder / "report.md").read_text()
+        sections.append(Section(sweep, len(older), report, overrides, swept))
+
+    images = args.out.with_suffix("")
+    shown = [shown_path(section.sweep.folder) for section in sections]
+    text, copies = results_md(sections, shown, images, args.out)
+    images.mkdir(parents=True, exist_ok=True)
+    for copy, source in copies.items():
+        write_atomically(copy, source.read_bytes(), durable=False)
+    for stale in set(images.glob("*.png")) - set(copies):  # figures of sweeps no longer shown
+        stale.unlink()
+    write_atomically(args.out, text.encode())
+    print(f"wrote {args.out} ({len(sections)} sections) and {len(copies)} figures in {images}")
+
+    if update_readme(args.readme, readme_block(sections, args.out, args.readme)):
+        print(f"updated the results block of {args.readme}")
+    else:
+        print(f"{args.readme} left alone: it has no {BEGIN} ... {END} block")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
