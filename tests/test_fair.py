@@ -111,10 +111,9 @@ def test_the_lr_finding_states_the_tuned_gap_and_its_lr_ratio() -> None:
     assert paragraph.startswith(
         "Sigmoid+mse at its best lr 3 (chosen on validation among 4 eligible)"
     )
-    assert (
-        "reaches 90.0% val accuracy after epoch 1, against 95.0% for the best cross " in paragraph
-    )
-    assert "no lr in the grid brings it within 5.0 points, at an lr 3x as large" in paragraph
+    assert "reaches 90.0% val accuracy after epoch 1, against 95.0% for the one " in paragraph
+    assert "in every seed it trails softmax+nll by at least 5.0 points" in paragraph
+    assert "at an lr 3x softmax+nll's" in paragraph
     assert "test accuracy at those lrs: 89.0% vs 94.0%" in paragraph and "edge" not in paragraph
 
 
@@ -123,8 +122,97 @@ def test_the_lr_finding_says_when_tuning_closes_the_gap_or_the_best_is_at_the_ed
     groups = group_runs(runs)
     (paragraph,) = finding(groups, best_lrs(runs, groups))
     assert paragraph.startswith("Sigmoid+mse at its best lr 10")  # one init: no "with init"
-    assert "within 2 points, so tuning its lr closes the gap" in paragraph
+    assert "within 2 points of softmax+nll: tuning its lr closes the gap" in paragraph
     assert "Its best lr is the grid's largest" in paragraph
+
+
+def test_no_gap_is_closed_while_a_cell_is_at_chance() -> None:
+    runs = lr_sweep({0.1: 0.11, 1.0: 0.12}, {0.1: 0.10, 1.0: 0.13})
+    groups = group_runs(runs)
+    (paragraph,) = finding(groups, best_lrs(runs, groups))
+    assert "closes the gap" not in paragraph and "no clear gap" not in paragraph
+    assert "sigmoid+mse and softmax+nll are at chance (val accuracy below 15%" in paragraph
+
+
+def test_the_lr_finding_names_the_best_cross_entropy_and_the_same_activation_cure() -> None:
+    runs = []
+    for cell, accuracies in (
+        ("sigmoid+mse", {0.1: 0.80, 1.0: 0.85, 3.0: 0.6}),
+        ("sigmoid+bce", {0.1: 0.86, 1.0: 0.90, 3.0: 0.7}),
+        ("softmax+nll", {0.1: 0.90, 1.0: 0.93, 3.0: 0.8}),
+    ):
+        for lr, acc in accuracies.items():
+            runs += fake_runs(cell, lr, [acc, acc], [acc, acc])
+    groups = group_runs(runs)
+    (paragraph,) = finding(groups, best_lrs(runs, groups))
+    assert "against 93.0% for the best of the 2 cross-entropy cells present" in paragraph
+    assert "a choice that favours cross entropy), softmax+nll at lr 1" in paragraph
+    assert "against the cure with the same output activation, sigmoid+bce at lr 1 (90.0%)" in (
+        paragraph
+    )
+    assert "in every seed it trails sigmoid+bce by at least 5.0 points" in paragraph
+
+
+def with_why(runs: list[Run], pairs: float, factor: float, wrong: float) -> list[Run]:
+    for run in runs:
+        run.results |= {
+            "step0_saturated_pairs": pairs,
+            "step0_output_factor": factor,
+            "epoch1_output_factor": factor,
+            "epoch1_signal_wrong": wrong,
+        }
+    return runs
+
+
+def test_the_why_sentence_cites_saturation_the_output_factor_and_the_error_signal() -> None:
+    runs = with_why(fake_runs("sigmoid+mse", 0.1, [0.4, 0.4], [0.4, 0.4]), 0.3, 0.05, 0.1)
+    runs += with_why(fake_runs("sigmoid+bce", 0.1, [0.9, 0.9], [0.9, 0.9]), 0.3, 1.0, 0.8)
+    paragraphs = finding(group_runs(runs))
+    (why,) = [p for p in paragraphs if p.startswith("Why")]
+    assert "at step 0, 30.0% of sigmoid+mse's (image, output) pairs are saturated" in why
+    assert "output factor ‖δ_out‖/‖o − y‖ is 0.05, against 1 for sigmoid+bce" in why
+    assert "misclassifies is 0.1, against 0.8 for sigmoid+bce" in why
+    assert "its step there is 0.12x the cure's, with its output factor at 0.05" in why
+    # A factor near 1 names no sigma' cause, whatever the signals.
+    for run in runs:
+        if run.cell == "sigmoid+mse":
+            run.results |= {"step0_output_factor": 0.9, "epoch1_output_factor": 0.9}
+    (why,) = [p for p in finding(group_runs(runs)) if p.startswith("Why")]
+    assert "σ′" not in why and "x the cure's" not in why
+
+
+def depth_runs(speeds: dict[str, list[float]], accuracy: float) -> list[Run]:
+    """One seed per cell at depth 3, with the given step-0 layer speeds (hidden1 first)."""
+    runs = []
+    for cell, values in speeds.items():
+        (run,) = fake_runs(cell, 0.1, [accuracy], [accuracy], depth=3, max_epochs=3)
+        run.results["final_val_acc"] = accuracy
+        layers = ["hidden1", "hidden2", "hidden3", "output"]
+        run.scalars = {
+            f"diag/fixed/bias_grad_norm/{layer}": [(0, v)]
+            for layer, v in zip(layers, values, strict=True)
+        }
+        runs.append(run)
+    return runs + fake_depth1()
+
+
+def fake_depth1() -> list[Run]:
+    (run,) = fake_runs("sigmoid+bce", 0.1, [0.9], [0.9], depth=1, max_epochs=3)
+    run.results["final_val_acc"] = 0.9
+    return [run]
+
+
+def test_the_depth_finding_cites_layer_speeds_and_says_shrink_only_when_they_do() -> None:
+    shrinking = {"sigmoid+mse": [1e-4, 1e-3, 1e-2, 1.0], "sigmoid+bce": [2e-4, 2e-3, 2e-2, 1.0]}
+    (at_depth3,) = [p for p in finding(group_runs(depth_runs(shrinking, 0.11))) if "=3" in p]
+    assert at_depth3.startswith("With depth=3, no objective leaves chance in 3 epochs (val ")
+    assert "at step 0 hidden1 learns 5,000x to 10,000x slower than the output layer" in at_depth3
+    assert "the speed shrinks at every layer on the way down" in at_depth3
+    growing = {"sigmoid+mse": [2.0, 1.5, 1.2, 1.0], "sigmoid+bce": [1e-3, 1e-2, 0.1, 1.0]}
+    (at_depth3,) = [p for p in finding(group_runs(depth_runs(growing, 0.11))) if "=3" in p]
+    assert "not slower for every objective" in at_depth3
+    for word in ("shrink", "vanish", "slower than the output layer for every"):
+        assert word not in at_depth3
 
 
 def test_the_depth_finding_says_which_objectives_leave_chance() -> None:
@@ -144,20 +232,20 @@ def test_the_depth_finding_says_which_objectives_leave_chance() -> None:
         "With init=default, depth=1, after 3 epochs (final val accuracy) the cross-entropy cells "
         "reach 90.0%–92.0% and sigmoid+mse reaches 60.0%."
     )
+    # No layer speeds measured: no cause named.
     assert paragraphs[1] == (
         "With init=default, depth=3, no objective leaves chance in 3 epochs (val accuracy below "
-        "15.0%; the best is 11.0%): the hidden layers' gradients vanish, which no output "
-        "objective can cure."
+        "15%; chance itself is 10%; the best final val accuracy is 11.0%)."
     )
     assert paragraphs[3] == (
         "With init=xavier, depth=3, after 3 epochs (final val accuracy) the cross-entropy cells "
         "reach 78.0%–83.0% and sigmoid+mse stays at chance (11.0%)."
     )
     assert paragraphs[4:] == [
-        "With init=default, the objectives that leave chance: cross entropy at depth 1; "
-        "sigmoid+mse at depth 1.",
-        "With init=xavier, the objectives that leave chance: cross entropy at depths 1 and 3; "
-        "sigmoid+mse at depth 1.",
+        "With init=default, the objectives that leave chance (final val accuracy of 15% or "
+        "more; chance itself is 10%): cross entropy at depth 1; sigmoid+mse at depth 1.",
+        "With init=xavier, the objectives that leave chance (final val accuracy of 15% or "
+        "more; chance itself is 10%): cross entropy at depths 1 and 3; sigmoid+mse at depth 1.",
     ]
 
 
@@ -196,6 +284,9 @@ def test_the_report_of_an_lr_sweep_tables_each_cell_at_its_best_lr(lr_sweep_dir:
         assert len(means) == 3
     assert (lr_sweep_dir / LR_SENSITIVITY).read_bytes().startswith(b"\x89PNG")
     assert "at its best lr" in text.split("## Findings")[1]
+    why = text.split("## Why, measured, each cell at its chosen lr")[1]
+    assert "| sigmoid+mse, lr=" in why and "| identity+mse, lr=" in why
+    assert "saturated-and-wrong pairs" in why and "| hidden1 | output | hidden1 : output |" in why
     assert "control identity+mse, at its best lr" in text
 
 
@@ -225,8 +316,16 @@ def test_the_report_of_a_depth_sweep_has_a_depth_column_and_row(
     assert len(depths) == 8 and {depth for *_, depth in depths} == {"1", "2"}
     assert len(findings) == 6  # one per depth and init, and a summary per init
     assert all(f.startswith("With init=") and ", depth=" in f for f in findings[:4])
-    assert all("the objectives that leave chance:" in f for f in findings[4:])
+    assert all("the objectives that leave chance (final val" in f for f in findings[4:])
     text = (tmp_path / "report.md").read_text()
+    why = text.split("## Why, measured")[1]
+    assert "| sigmoid+bce, init=xavier, depth=2 |" in why.split("### Speed of learning")[0]
+    speeds = why.split("### Speed of learning per layer at step 0")[1]
+    assert (
+        "| init=default, depth=2 | hidden1 | hidden2 | output | hidden1 : hidden2 "
+        "| hidden2 : output |" in speeds
+    )
+    assert "| init=xavier, depth=1 | hidden1 | output | hidden1 : output |" in speeds
     table = text.split("## Final val accuracy by depth")[1].split("## Results by group")[0]
     assert "| init=default | depth 1 | depth 2 |" in table and "| softmax+nll |" in table
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")

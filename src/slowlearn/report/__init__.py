@@ -22,14 +22,17 @@ from slowlearn.records import write_atomically
 from slowlearn.report.aggregate import write_aggregates
 from slowlearn.report.figures import curves_png, lr_sensitivity_png
 from slowlearn.report.findings import finding, not_completed
-from slowlearn.report.runs import Group, Run, group_runs, is_lr_sweep, read_runs
+from slowlearn.report.runs import WHY, Group, Run, group_runs, is_lr_sweep, read_runs
 from slowlearn.report.tables import (
+    WHY_DEFINITIONS,
     BestLr,
     best_lr_table,
     best_lrs,
     depth_table,
     groups_table,
+    speed_table,
     summary_csv,
+    why_table,
 )
 
 OUTPUTS = ("summary.csv", "report.md", "curves.png")
@@ -69,7 +72,7 @@ def report_md(
         lines += [
             "## Final val accuracy by depth",
             "",
-            "Mean over seeds after the last epoch (chance: 10%).",
+            "Mean over seeds after the last epoch (chance: 10%; below 15% counts as at chance).",
             "",
             *depth_table(groups),
             "",
@@ -80,12 +83,38 @@ def report_md(
     else:
         lines += ["## Results by group", "", *group_table]
     lines += ["", "## Findings", "", *(f"- {finding}" for finding in findings)]
+    lines += why_section(groups, choices)
     lines += ["", "## Runs that did not complete", ""]
     lines += [*not_completed(runs), "", "## Curves", ""]
     if choices:
         lines += [f"![val accuracy after epoch 1 against the learning rate]({LR_SENSITIVITY})", ""]
     lines += ["![val accuracy, train loss and output error signal vs step](curves.png)", ""]
     return "\n".join(lines)
+
+
+def why_section(groups: list[Group], choices: list[BestLr]) -> list[str]:
+    """What the runs measured of the mechanism: each cell's saturation, output factor and
+    error signals, and each layer's speed of learning at step 0; each cell at its chosen lr
+    where the sweep tunes the lr."""
+    shown = [choice.best for choice in choices if choice.best] if choices else groups
+    measured = [g for g in shown if any(g.values(f"step0_{name}") for name in WHY)]
+    if not measured:
+        return []
+    at_lr = ", each cell at its chosen lr" if choices else ""
+    lines = ["", f"## Why, measured{at_lr}", "", *WHY_DEFINITIONS, "", *why_table(measured)]
+    speeds = speed_table(measured)
+    if speeds:
+        lines += [
+            "",
+            "### Speed of learning per layer at step 0",
+            "",
+            "‖∂C/∂b‖ of each layer's biases over the fixed images at the initial weights "
+            "(Nielsen, ch. 5), mean over seeds, and the ratio of each layer's to the next one "
+            "up (below 1: the lower layer starts slower).",
+            "",
+            *speeds,
+        ]
+    return lines
 
 
 def make_report(folder: Path) -> list[str]:

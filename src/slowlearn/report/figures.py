@@ -1,7 +1,7 @@
 """The report's figures: curves.png (val accuracy, train loss and the output error signal
 against the number of updates, one row of panels per value of the extra axes, such as the
 init or the depth) and, for a learning-rate sweep, lr_sensitivity.png (val accuracy after
-epoch 1 against the lr, one panel per init).
+epoch 1 against the lr, one panel per init; the line joins the eligible lrs only).
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def curves_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> byte
 
 def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr]) -> bytes:
     """Val accuracy after epoch 1 against the lr, one line per cell, one panel per context;
-    the chosen lr is ringed, and an lr at which a seed diverged is marked x at the bottom."""
+    the chosen lr is ringed; an lr at which a seed diverged is not eligible: marked x, never
+    joined by the line."""
     contexts = list(dict.fromkeys(choice.context for choice in choices))
     fig = Figure(figsize=(6.5 * len(contexts), 5.4))
     FigureCanvasAgg(fig)
@@ -149,8 +150,11 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
                 ),
                 key=lambda g: g.context["lr"],
             )
-            lrs = [g.context["lr"] for g in line]
-            values = [100 * np.array(g.values("epoch1_val_acc")) for g in line]
+            # The line joins the eligible lrs only: an lr at which a seed diverged was ruled
+            # out, and the mean of its surviving seeds would flatter it.
+            eligible = [g for g in line if g.context["lr"] not in choice.ineligible]
+            lrs = [g.context["lr"] for g in eligible]
+            values = [100 * np.array(g.values("epoch1_val_acc")) for g in eligible]
             ax.plot(lrs, [v.mean() for v in values], color=color, marker="o", label=choice.cell)
             ax.fill_between(
                 lrs, [v.min() for v in values], [v.max() for v in values], color=color, alpha=0.15
@@ -158,8 +162,11 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
             if choice.best is not None:
                 best = 100 * choice.mean("epoch1_val_acc")
                 ax.plot([choice.lr], [best], "o", ms=13, mfc="none", mec=color, mew=2)
+            survivors = {g.context["lr"]: g for g in line}
             for lr in choice.ineligible:
-                ax.plot([lr], [2], "x", color=color, ms=9, mew=2)
+                group = survivors.get(lr)
+                y = 100 * group.mean("epoch1_val_acc") if group else 2
+                ax.plot([lr], [y], "x", color=color, ms=9, mew=2)
         ax.axhline(100 * CHANCE, color="0.5", linestyle=":", linewidth=1)
         where = context_text(context)
         ax.set(
@@ -172,8 +179,9 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower left")
     fig.suptitle(
-        f"{folder.name}: mean over seeds, band: min to max; ring: best lr on validation; "
-        f"x: a seed diverged; dotted: chance ({100 * CHANCE:.0f}%)"
+        f"{folder.name}: mean over seeds, band: min to max; ring: best lr on validation;\n"
+        f"x: not eligible, a seed diverged (at the surviving seeds' mean, or at the bottom); "
+        f"dotted: at chance below {100 * CHANCE:.0f}% (chance itself is 10%)"
     )
     fig.tight_layout()
     return png(fig)

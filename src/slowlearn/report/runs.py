@@ -16,6 +16,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from slowlearn.records import SETTINGS, read_metrics, run_settings
 
+# The why, measured over the fixed training images (``diag/fixed/``) at step 0 and after
+# epoch 1: result name -> tag.
+FIXED = "diag/fixed/"
+WHY = {
+    "saturated_pairs": "saturated_wrong_pairs",
+    "saturated_samples": "saturated_wrong_fraction",
+    "output_factor": "output_factor",
+    "signal_wrong": "error_signal/true_class_wrong",
+    "signal_right": "error_signal/true_class_right",
+}
+WHEN = ("step0", "epoch1")
+SPEED = FIXED + "bias_grad_norm/"  # + layer: Nielsen's speed of learning of that layer
 RESULTS = (
     "test_acc",
     "best_val_acc",
@@ -25,15 +37,22 @@ RESULTS = (
     "final_train_loss",
     "epoch1_error_signal",
     "epoch1_val_acc",
+    *(f"{when}_{name}" for name in WHY for when in WHEN),
 )
 ERROR_SIGNAL = "diag/error_signal/true_class"
-CHANCE = 0.15  # val accuracy below this is "at chance" (ten classes: 0.1)
+# One threshold for "at chance", wherever it is used: val accuracy below 15% (ten classes: chance
+# itself is 10%, and a run stuck on one class scores about that).
+CHANCE = 0.15
+CHANCE_TEXT = "val accuracy below 15%; chance itself is 10%"
 SEED_PART = re.compile(r"(^|/)seed[^/]*$")  # the last part of a sweep's run name
 # The cells that cure slow learning. sigmoid+nll is not among them: -log o_y on independent
 # sigmoids never pushes the wrong outputs down, so it is reported on its own.
 CROSS_ENTROPY = ("sigmoid+bce", "softmax+bce", "softmax+nll")
 # The control: linear outputs under MSE, de/dz = o - y with no sigma' factor.
 CONTROL = "identity+mse"
+# MSE on outputs with a sigma'-like factor, and the cure with the same output activation.
+SLOW_LEARNERS = ("sigmoid+mse", "softmax+mse")
+SAME_ACTIVATION_CURE = {"sigmoid+mse": "sigmoid+bce", "softmax+mse": "softmax+nll"}
 # The settings that may tell groups apart, in the order a label names them; a setting that the
 # ones before it determine (momentum with the optimizer, hidden_sizes with the depth) is left
 # out. lr comes late: an lr that only follows the optimizer is no lr sweep.
@@ -85,6 +104,15 @@ class Run:
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
+    def speeds(self) -> dict[str, float]:
+        """Each layer's ||dC/db|| over the fixed images at step 0, input to output."""
+        return {
+            tag.removeprefix(SPEED): series[0][1]
+            for tag, series in self.scalars.items()
+            if tag.startswith(SPEED) and series and series[0][0] == 0
+        }
+
+    @property
     def cell(self) -> str:
         return f"{self.settings['activation']}+{self.settings['loss']}"
 
@@ -104,7 +132,8 @@ def run_folders(folder: Path) -> list[Path]:
 
 
 def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, float]]]) -> dict:
-    """The RESULTS of a completed run: metrics.json's, plus two epoch-1 values."""
+    """The RESULTS of a completed run: metrics.json's, plus the epoch-1 values and the fixed
+    sample's measurements at step 0 and after epoch 1."""
     row = {key: metrics.get(key) for key in RESULTS}
     history = metrics.get("val_history") or []
     if history:
@@ -113,6 +142,10 @@ def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, floa
         signal = [v for step, v in scalars.get(ERROR_SIGNAL, []) if step <= end_of_epoch1]
         row["epoch1_val_acc"] = history[0]["val/acc"]
         row["epoch1_error_signal"] = statistics.fmean(signal) if signal else None
+        for name, tag in WHY.items():
+            at = dict(scalars.get(FIXED + tag, []))
+            row[f"step0_{name}"] = at.get(0)
+            row[f"epoch1_{name}"] = at.get(end_of_epoch1)
     return row
 
 

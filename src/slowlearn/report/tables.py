@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from slowlearn.records import SETTINGS
-from slowlearn.report.runs import RESULTS, Group, Run, context_settings, context_text, shown
+from slowlearn.report.runs import (
+    RESULTS,
+    WHY,
+    Group,
+    Run,
+    context_settings,
+    context_text,
+    shown,
+)
 
 COLUMNS = ("run", "status", "group", "cell", *SETTINGS, *RESULTS)
 
@@ -38,6 +46,10 @@ def summary_csv(runs: list[Run], groups: list[Group]) -> str:
 
 def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
 
 
 def spread(values: list[float], fmt: Callable[[float], str]) -> str:
@@ -180,4 +192,106 @@ def depth_table(groups: list[Group]) -> list[str]:
                 percent(by_depth[d].mean("final_val_acc")) if d in by_depth else "–" for d in depths
             ]
             lines.append(f"| {cell} | " + " | ".join(values) + " |")
+    return lines[1:]
+
+
+# ------------------------------------------------------------------ the why, measured
+
+WHY_DEFINITIONS = [
+    "Measured over the same 1,000 training images for every run (`diag/fixed/` in "
+    "TensorBoard), at step 0 and after epoch 1; mean over seeds.",
+    "",
+    "- **saturated-and-wrong pairs**: the fraction of (image, output) pairs with |o_i − y_i| > "
+    "0.9: the output sits at the wrong end of its range, where a sigmoid's slope o(1 − o) is "
+    "below 0.09;",
+    "- **saturated-and-wrong images**: the fraction of images that are misclassified and whose "
+    "labelled output o_y is below 0.1;",
+    "- **output factor**: ‖δ_out‖ / ‖o − y‖ over the images, δ_out = ∂e/∂z per image: 1 where "
+    "the error alone sets the step (sigmoid+bce, softmax+nll, identity+mse; eq. 5.5), the "
+    "outputs' effective slope under MSE;",
+    "- **error signal**: the mean |∂e/∂z_y| at the labelled output, on the images the network "
+    "misclassifies (wrong) and on those it classifies right.",
+    "",
+    "Identity outputs are no probabilities: their saturation is left out (–).",
+]
+
+
+def change(group: Group, name: str, fmt: Callable[[float], str]) -> str:
+    """``step 0 → epoch 1`` of one WHY measurement, mean over seeds."""
+    values = [group.mean(f"{when}_{name}") for when in ("step0", "epoch1")]
+    if values == [None, None]:
+        return "–"
+    return " → ".join("–" if v is None else fmt(v) for v in values)
+
+
+WHY_COLUMNS: dict[str, tuple[str, Callable[[float], str]]] = {
+    "saturated_pairs": ("saturated-and-wrong pairs", percent),
+    "saturated_samples": ("saturated-and-wrong images", percent),
+    "output_factor": ("output factor", number),
+    "signal_wrong": ("error signal, wrong", number),
+    "signal_right": ("error signal, right", number),
+}
+
+
+def why_table(groups: list[Group]) -> list[str]:
+    """The WHY measurements of each group, step 0 → after epoch 1."""
+    columns = [(name, *WHY_COLUMNS[name]) for name in WHY]
+    lines = [
+        "| group | " + " | ".join(title for _, title, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for group in groups:
+        cells = " | ".join(change(group, name, fmt) for name, _, fmt in columns)
+        lines.append(f"| {group.label} | {cells} |")
+    return lines
+
+
+def mean_speeds(group: Group) -> dict[str, float]:
+    """Each layer's step-0 speed ||dC/db||, mean over the seeds that measured it."""
+    per_layer: dict[str, list[float]] = {}
+    for run in group.runs:
+        for layer, value in run.speeds.items():
+            per_layer.setdefault(layer, []).append(value)
+    return {layer: statistics.fmean(values) for layer, values in per_layer.items()}
+
+
+def speed_ratios(speeds: dict[str, float]) -> dict[str, float]:
+    """lower : upper for each pair of adjacent layers (hidden1 : hidden2, ..., : output)."""
+    layers = list(speeds)
+    return {
+        f"{lower} : {upper}": speeds[lower] / speeds[upper]
+        for lower, upper in zip(layers, layers[1:], strict=False)
+        if speeds[upper] > 0
+    }
+
+
+def layer_order(names: list[str]) -> list[str]:
+    """hidden1, hidden2, ..., output."""
+    return sorted(names, key=lambda n: (n == "output", int(n[6:]) if n[6:].isdigit() else 0))
+
+
+def speed_table(groups: list[Group]) -> list[str]:
+    """Nielsen's speed of learning at step 0: ||dC/db|| of every layer and the ratio between
+    adjacent layers, one table per context (its layers), a row per cell."""
+    lines: list[str] = []
+    for context in dict.fromkeys(group.without("lr") for group in groups):
+        beside = [g for g in groups if g.without("lr") == context and mean_speeds(g)]
+        if not beside:
+            continue
+        layers = layer_order(list(mean_speeds(beside[0])))
+        pairs = list(speed_ratios({layer: 1.0 for layer in layers}))
+        label = context_text(context) or "all runs"
+        lines += [
+            "",
+            f"| {label} | " + " | ".join([*layers, *pairs]) + " |",
+            "|---|" + "---:|" * (len(layers) + len(pairs)),
+        ]
+        for group in beside:
+            speeds = mean_speeds(group)
+            speeds = {layer: speeds[layer] for layer in layers if layer in speeds}
+            ratios = speed_ratios(speeds)
+            at_lr = f" (lr {shown(group.context['lr'])})" if "lr" in group.context else ""
+            values = [number(speeds.get(layer)) for layer in layers]
+            values += [number(ratios.get(pair)) for pair in pairs]
+            lines.append(f"| {group.cell}{at_lr} | " + " | ".join(values) + " |")
     return lines[1:]
