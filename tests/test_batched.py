@@ -247,8 +247,13 @@ def test_a_diverged_member_and_a_failed_job_leave_the_rest_of_the_sweep(
         + [f"hydra.sweep.dir={tmp_path}", "hydra/launcher=batched", *TINY_ARGS],
         check=False,
     )
-    assert result.returncode != 0  # the sweep reports its failure at the end
+    # The failed job makes the exit status non-zero; the diverged one alone would not
+    # (test_sweep_status.py). The line that ends the sweep counts both.
+    assert result.returncode != 0
     assert "3 jobs in 1 group; 1 failed its checks" in result.stderr + result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        f"3 runs: 1 completed, 1 diverged, 1 failed; make report RUN={tmp_path} lists them"
+    )
     runs = runs_by_name(tmp_path)
     statuses = {name: read_metrics(path)["status"] for name, path in runs.items()}
     assert statuses == {
@@ -280,7 +285,7 @@ def start_sweep(args: list[str]) -> subprocess.Popen:
         [sys.executable, "-m", "slowlearn.train", "-m", *args, "threads=1"],
         cwd=REPO,
         env=env(),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -324,8 +329,11 @@ def test_ctrl_c_records_every_member_interrupted(tiny_data: Path, tmp_path: Path
         assert process.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
+    stdout, _ = process.communicate(timeout=60)
     assert process.returncode != 0
     records = [read_metrics(path) for path in runs_by_name(tmp_path).values()]
     assert [r["status"] for r in records] == ["interrupted"] * 3
+    assert (
+        stdout.splitlines()[-1] == f"3 runs: 3 interrupted; make report RUN={tmp_path} lists them"
+    )
     assert all(read_scalars(tmp_path / r["run_name"])["val/acc"] for r in records)  # flushed

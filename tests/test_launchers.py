@@ -59,7 +59,7 @@ def test_parallel_jobs_split_the_cores(
 
 
 def test_joblib_sweep_runs_two_jobs_with_the_cores_split(tiny_data: Path, tmp_path: Path) -> None:
-    run_train(
+    result = run_train(
         [
             "-m",
             "seed=0,1",
@@ -75,6 +75,7 @@ def test_joblib_sweep_runs_two_jobs_with_the_cores_split(tiny_data: Path, tmp_pa
     assert [r["status"] for r in records] == ["completed", "completed"]
     expected = max(1, len(os.sched_getaffinity(0)) // 2)
     assert [r["threads"] for r in records] == [expected, expected]
+    assert result.stdout.splitlines()[-1] == "2 runs: 2 completed"  # the sweep's own line
 
 
 def test_submitit_local_sweep_completes_both_jobs(tiny_data: Path, tmp_path: Path) -> None:

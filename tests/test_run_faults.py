@@ -112,6 +112,8 @@ def test_valid_overrides_pass_the_group_check(override: str) -> None:
 
 
 def test_divergence_stops_the_run_and_is_recorded(tiny_sweep: Path) -> None:
+    """A single run that diverges exits non-zero with its one line; in a sweep the same job
+    returns normally and the sweep exits 0 (test_sweep_status.py)."""
     record = read_metrics(tiny_sweep / DIVERGED)
     assert record["status"] == "diverged"
     assert "at step" in record["error"] and "last finite loss" in record["error"]

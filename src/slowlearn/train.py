@@ -372,6 +372,11 @@ def main(cfg: DictConfig) -> float | None:
         record_failure(job_dir, cfg, message)
         raise  # Hydra records this job as failed and goes on with the others
     write_record(job, outcome)
+    if sweep and outcome.status == "diverged":
+        # A result of the sweep (an lr grid may reach lrs that diverge), not an error: the
+        # job returns normally, and the sweep's summary line counts it.
+        print(failure_message(job, outcome))
+        return None
     if outcome.status != "completed":
         if sweep and outcome.status != "interrupted":
             raise RuntimeError(failure_message(job, outcome))  # the sweep goes on

@@ -256,6 +256,10 @@ class BatchedLauncher(Launcher):
             write_record(s.job, outcome)
             if outcome.status == "completed":
                 self.end_job(s, JobStatus.COMPLETED, outcome.metrics["test_acc"])
+            elif outcome.status == "diverged":
+                # A result, as with the basic launcher: the job ends normally (not tested).
+                log.info(failure_message(s.job, outcome))
+                self.end_job(s, JobStatus.COMPLETED, None)
             else:
                 interrupted |= outcome.status == "interrupted"
                 self.end_job(s, JobStatus.FAILED, RuntimeError(failure_message(s.job, outcome)))
