@@ -307,25 +307,30 @@ def test_the_report_of_a_depth_sweep_has_a_depth_column_and_row(
     args = [a for a in TINY_ARGS if "max_epochs" not in a and "hidden_sizes" not in a]
     run_train(
         ["-m", "experiment=depth", "cell=sigmoid_bce,softmax_nll", "model.hidden_sizes=[8],[8,8]"]
-        + ["model.init=default,xavier", "seed=0", "trainer.max_epochs=1", "hydra/launcher=batched"]
-        + [f"data.dir={tiny_data}", f"hydra.sweep.dir={tmp_path}", *args]
+        + ["model.init=default,xavier", "optimizer.lr=0.3,1", "seed=0", "trainer.max_epochs=1"]
+        + ["hydra/launcher=batched", f"data.dir={tiny_data}", f"hydra.sweep.dir={tmp_path}", *args]
     )
     findings = make_report(tmp_path)
     with (tmp_path / "summary.csv").open() as f:
         depths = {(row["cell"], row["init"], row["depth"]) for row in csv.DictReader(f)}
     assert len(depths) == 8 and {depth for *_, depth in depths} == {"1", "2"}
-    assert len(findings) == 6  # one per depth and init, and a summary per init
+    # One per depth and init (each cell at its best lr), a summary per init, and the edge.
+    assert len(findings) == 7
     assert all(f.startswith("With init=") and ", depth=" in f for f in findings[:4])
-    assert all("the objectives that leave chance (final val" in f for f in findings[4:])
+    assert all("the objectives that leave chance (final val" in f for f in findings[4:6])
+    assert findings[6].startswith("At the edge of the lr grid, so the best lr may lie outside")
     text = (tmp_path / "report.md").read_text()
-    why = text.split("## Why, measured")[1]
-    assert "| sigmoid+bce, init=xavier, depth=2 |" in why.split("### Speed of learning")[0]
+    assert "## Each cell at its best learning rate" in text
+    assert "| val acc after epoch 1 |" in text  # one epoch here: chosen after epoch 1
+    table = text.split("## Final val accuracy by depth, each cell at its best lr")[1]
+    assert "| init=default | depth 1 | depth 2 |" in table.split("## ")[0]
+    assert "% (lr " in table.split("## ")[0]
+    why = text.split("## Why, measured, each cell at its chosen lr")[1]
+    assert "| sigmoid+bce, init=xavier, depth=2, lr=" in why.split("### Speed of learning")[0]
     speeds = why.split("### Speed of learning per layer at step 0")[1]
     assert (
         "| init=default, depth=2 | hidden1 | hidden2 | output | hidden1 : hidden2 "
         "| hidden2 : output |" in speeds
     )
     assert "| init=xavier, depth=1 | hidden1 | output | hidden1 : output |" in speeds
-    table = text.split("## Final val accuracy by depth")[1].split("## Results by group")[0]
-    assert "| init=default | depth 1 | depth 2 |" in table and "| softmax+nll |" in table
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")

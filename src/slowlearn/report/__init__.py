@@ -52,33 +52,36 @@ def report_md(
         "",
     ]
     group_table = groups_table(groups) if groups else ["No completed runs."]
+    depth = any("depth" in group.context for group in groups)
     if choices:
         lines += [
             "## Each cell at its best learning rate",
             "",
-            "The lr with the best mean val accuracy after epoch 1, among the lrs at which "
+            f"The lr with the best mean val accuracy {choices[0].when}, among the lrs at which "
             "every seed completed; chosen on validation only, and the test accuracy reported "
             "at that lr.",
             "",
             *best_lr_table(choices),
             "",
+        ]
+    if depth:
+        tuned = [choice.best for choice in choices if choice.best] if choices else groups
+        at_lr = ", each cell at its best lr" if choices else ""
+        lines += [
+            f"## Final val accuracy by depth{at_lr}",
+            "",
+            "Mean over seeds after the last epoch (chance: 10%; below 15% counts as at chance).",
+            "",
+            *depth_table(tuned),
+            "",
+        ]
+    if choices:
+        lines += [
             "<details><summary>Every cell at every learning rate</summary>",
             "",
             *group_table,
             "",
             "</details>",
-        ]
-    elif any("depth" in group.context for group in groups):
-        lines += [
-            "## Final val accuracy by depth",
-            "",
-            "Mean over seeds after the last epoch (chance: 10%; below 15% counts as at chance).",
-            "",
-            *depth_table(groups),
-            "",
-            "## Results by group",
-            "",
-            *group_table,
         ]
     else:
         lines += ["## Results by group", "", *group_table]

@@ -15,6 +15,7 @@ speeds, ``diag/fixed/``).
 
 from __future__ import annotations
 
+import statistics
 from itertools import groupby
 
 from slowlearn.report.runs import (
@@ -24,6 +25,7 @@ from slowlearn.report.runs import (
     CROSS_ENTROPY,
     SAME_ACTIVATION_CURE,
     SLOW_LEARNERS,
+    TARGETS,
     Group,
     Run,
     context_text,
@@ -57,34 +59,36 @@ def seeds_note(groups: list[Group]) -> str:
 # ------------------------------------------------------------------ the one gap rule
 
 
-def per_seed_gaps(mse: Group, others: list[Group]) -> list[float]:
+def per_seed_gaps(mse: Group, others: list[Group], key: str = ACCURACY) -> list[float]:
     """Accuracy points by which a cross-entropy group leads mse, for every seed both ran."""
-    ours = mse.by_seed(ACCURACY)
+    ours = mse.by_seed(key)
     return [
         100 * (theirs[seed] - ours[seed])
-        for theirs in (group.by_seed(ACCURACY) for group in others)
+        for theirs in (group.by_seed(key) for group in others)
         for seed in ours.keys() & theirs.keys()
     ]
 
 
-def at_chance(groups: list[Group]) -> list[str]:
-    return [g.cell for g in groups if (g.mean(ACCURACY) or 0) < CHANCE]
+def at_chance(groups: list[Group], key: str = ACCURACY) -> list[str]:
+    return [g.cell for g in groups if (g.mean(key) or 0) < CHANCE]
 
 
-def gap_verdict(mse: Group, others: list[Group], no_gap: str = "no clear gap") -> str:
+def gap_verdict(
+    mse: Group, others: list[Group], no_gap: str = "no clear gap", key: str = ACCURACY
+) -> str:
     """How mse compares with ``others`` seed by seed: one rule for every comparison. A gap is
     "none" only within SMALL_GAP points in every seed and with no cell at chance."""
-    gaps = per_seed_gaps(mse, others)
+    gaps = per_seed_gaps(mse, others, key)
     them = others[0].cell if len(others) == 1 else "both" if len(others) == 2 else "each of them"
-    shared = {seed for group in others for seed in group.by_seed(ACCURACY)}
-    shared &= set(mse.by_seed(ACCURACY))
+    shared = {seed for group in others for seed in group.by_seed(key)}
+    shared &= set(mse.by_seed(key))
     every = "in every seed" if len(shared) > 1 else "in its one seed"
     if len(shared) < len(mse.runs):
         every += " that both ran"
     if not gaps:
         return "no seed ran in both, so there is no per-seed comparison"
     if max(abs(gap) for gap in gaps) < SMALL_GAP:
-        stuck = at_chance([mse, *others])
+        stuck = at_chance([mse, *others], key)
         if stuck:
             verb = "is" if len(stuck) == 1 else "are"
             return (
@@ -224,28 +228,45 @@ def epoch1_findings(groups: list[Group]) -> list[str]:
 
 
 def lr_findings(choices: list[BestLr]) -> list[str]:
-    """Every cell at its own best lr (on validation): does tuning MSE's lr close the gap?"""
+    """Every cell at its own best lr (on validation): does tuning MSE's lr close the gap?
+    Then, where the sweep has several contexts (inits, optimizers, doses), the tuned gaps side
+    by side."""
     paragraphs = []
+    gaps: dict[str, list[str]] = {}
     for context, chosen in groupby(choices, key=lambda choice: choice.context):
         chosen = [c for c in chosen if c.best is not None]
         label = context_text(context)
         lead = f"with {label}, " if label else ""
         cross = [c for c in chosen if c.cell in CROSS_ENTROPY]
-        best_ce = max(cross, key=lambda c: c.mean(ACCURACY), default=None)
+        best_ce = max(cross, key=lambda c: c.mean(c.on), default=None)
         for mse in (c for c in chosen if c.cell in SLOW_LEARNERS and best_ce):
             cure = next((c for c in chosen if c.cell == SAME_ACTIVATION_CURE[mse.cell]), None)
             paragraphs.append(capitalised(lead + tuned_comparison(mse, best_ce, cure, cross)))
+            if mse.best.runs[0].settings["max_epochs"] > 1:
+                paragraphs.append(capitalised(lead + slow_or_worse(mse, cure or best_ce)))
             why = why_sentence(mse.best, cure.best if cure else None, "at those lrs, ")
             if why:
                 paragraphs.append(capitalised(lead + why))
+            gap = 100 * (best_ce.mean(best_ce.on) - mse.mean(mse.on))
+            pairs = mse.mean("step0_saturated_pairs")
+            dose = f", {percent(pairs)} of its pairs saturated and wrong at step 0" if pairs else ""
+            gaps.setdefault(mse.cell, []).append(
+                f"{gap:.1f} points with {label or 'all runs'}{dose}"
+            )
         for choice in chosen:
             if choice.cell == CONTROL:
                 paragraphs.append(
                     capitalised(
                         f"{lead}the control identity+mse, at its best lr {lr_text(choice.lr)}, "
-                        f"reaches {percent(choice.mean(ACCURACY))} after epoch 1."
+                        f"reaches {percent(choice.mean(choice.on))} {choice.when}."
                     )
                 )
+    for cell, listed in gaps.items():
+        if len(listed) > 1:
+            paragraphs.append(
+                f"Each cell at its own best lr, the best cross-entropy cell present leads {cell} "
+                f"by {and_join(listed)} (differences of seed means; negative: mse ahead)."
+            )
     return paragraphs
 
 
@@ -260,7 +281,8 @@ def lr_relation(mse: BestLr, ce: BestLr) -> str:
 def tuned_comparison(mse: BestLr, ce: BestLr, cure: BestLr | None, cross: list[BestLr]) -> str:
     """mse at its best lr against the best cross entropy present and the same-activation
     cure, each at its own best lr, seed by seed."""
-    ours, theirs = percent(mse.mean(ACCURACY)), percent(ce.mean(ACCURACY))
+    on = mse.on
+    ours, theirs = percent(mse.mean(on)), percent(ce.mean(on))
     present = len(cross)
     which = (
         f"the best of the {present} cross-entropy cells present (the highest of their means, "
@@ -271,17 +293,17 @@ def tuned_comparison(mse: BestLr, ce: BestLr, cure: BestLr | None, cross: list[B
     closes = "tuning its lr closes the gap"
     sentence = (
         f"{mse.cell} at its best lr {lr_text(mse.lr)} (chosen on validation among "
-        f"{len(mse.grid) - len(mse.ineligible)} eligible) reaches {ours} val accuracy after "
-        f"epoch 1, against {theirs} for {which}, {ce.cell} at lr {lr_text(ce.lr)}: "
-        f"{gap_verdict(mse.best, [ce.best], closes)}, {lr_relation(mse, ce)}"
+        f"{len(mse.grid) - len(mse.ineligible)} eligible) reaches {ours} val accuracy "
+        f"{mse.when}, against {theirs} for {which}, {ce.cell} at lr {lr_text(ce.lr)}: "
+        f"{gap_verdict(mse.best, [ce.best], closes, on)}, {lr_relation(mse, ce)}"
     )
     if cure is ce:
         sentence += f"; {ce.cell} is also the cure with the same output activation"
     elif cure is not None:
         sentence += (
             f"; against the cure with the same output activation, {cure.cell} at lr "
-            f"{lr_text(cure.lr)} ({percent(cure.mean(ACCURACY))}), "
-            f"{gap_verdict(mse.best, [cure.best], closes)}"
+            f"{lr_text(cure.lr)} ({percent(cure.mean(on))}), "
+            f"{gap_verdict(mse.best, [cure.best], closes, on)}"
         )
     test = (mse.mean("test_acc"), ce.mean("test_acc"))
     if None not in test:
@@ -297,6 +319,53 @@ def tuned_comparison(mse: BestLr, ce: BestLr, cure: BestLr | None, cross: list[B
                 f". {whose} best lr is the grid's {edge}: a value beyond the grid may do better"
             )
     return sentence + "."
+
+
+def epoch_key(target: float) -> str:
+    return f"epoch_to_{round(100 * target)}_val_acc"
+
+
+def first_epochs(choice: BestLr) -> str:
+    """The epoch at which each target val accuracy is first reached, mean over the seeds that
+    reach it."""
+    epochs, runs = choice.best.runs[0].settings["max_epochs"], len(choice.best.runs)
+    parts = []
+    for target in TARGETS:
+        reached = choice.best.values(epoch_key(target))
+        if not reached:
+            parts.append(f"{percent(target)} never in {epochs} epochs")
+            continue
+        part = f"{percent(target)} after {statistics.fmean(reached):.3g}"
+        parts.append(part if len(reached) == runs else f"{part} ({len(reached)}/{runs} seeds)")
+    return ", ".join(parts)
+
+
+def slower(mse: BestLr, ce: BestLr) -> bool:
+    """Whether mse reaches some target later than ce (or never, where ce does)."""
+    for target in TARGETS:
+        ours, theirs = mse.best.mean(epoch_key(target)), ce.best.mean(epoch_key(target))
+        if theirs is not None and (ours is None or ours > theirs):
+            return True
+    return False
+
+
+def slow_or_worse(mse: BestLr, ce: BestLr) -> str:
+    """A long sweep's answer: does mse only learn slower, or does it also end worse?"""
+    verdict = gap_verdict(mse.best, [ce.best], "no clear gap", "test_acc")
+    gaps = per_seed_gaps(mse.best, [ce.best], "test_acc")
+    worse = bool(gaps) and min(gaps) >= SMALL_GAP
+    answer = (
+        ("it learns slower and ends worse" if worse else "it learns slower but ends no worse")
+        if slower(mse, ce)
+        else ("it learns no slower but ends worse" if worse else "it learns no slower")
+    )
+    return (
+        f"first reaching each val accuracy (epochs, mean over seeds): {mse.cell} at lr "
+        f"{lr_text(mse.lr)} {first_epochs(mse)}; {ce.cell} at lr {lr_text(ce.lr)} "
+        f"{first_epochs(ce)}. Final test accuracy {percent(mse.mean('test_acc'))} vs "
+        f"{percent(ce.mean('test_acc'))}: {verdict} (test, at the lrs chosen on validation), "
+        f"so {answer} (ends worse: by {SMALL_GAP:.0f} points or more in every seed)."
+    )
 
 
 # ------------------------------------------------------------------ depth
@@ -353,25 +422,24 @@ def span_times(values: list[float]) -> str:
     return low if low == high else f"{low} to {high}"
 
 
-def depth_findings(groups: list[Group]) -> list[str]:
+def depth_findings(groups: list[Group], key: str = "final_val_acc") -> list[str]:
     """At each depth (and other setting), which objectives leave chance by the end, and how
     fast each layer starts to learn; then, per other setting, the depths at which each kind of
-    objective leaves chance."""
+    objective leaves chance. ``groups`` may be each cell at its chosen lr (named then)."""
     paragraphs = []
-    key = "final_val_acc"
     left: dict[tuple, dict[str, dict[int, None]]] = {}
-    for context in dict.fromkeys(group.context_label for group in groups):
-        beside = [g for g in groups if g.context_label == context and g.values(key)]
+    for context in dict.fromkeys(group.without("lr") for group in groups):
+        beside = [g for g in groups if g.without("lr") == context and g.values(key)]
         if not beside:
             continue
         epochs, depth = beside[0].runs[0].settings["max_epochs"], beside[0].context["depth"]
         epochs = f"{epochs} epoch{'s' * (epochs != 1)}"
-        kinds = left.setdefault(beside[0].without("depth"), {})
+        kinds = left.setdefault(beside[0].without("depth", "lr"), {})
         for group in beside:
             if group.mean(key) >= CHANCE:
                 kind = "cross entropy" if group.cell in CROSS_ENTROPY else group.cell
                 kinds.setdefault(kind, {})[depth] = None  # each depth once, in order
-        lead = f"with {context}, "
+        lead = f"with {context_text(context)}, "
         speed = speed_sentence(beside)
         if all(g.mean(key) < CHANCE for g in beside):
             best = max(g.mean(key) for g in beside)
@@ -387,6 +455,8 @@ def depth_findings(groups: list[Group]) -> list[str]:
             for group in (g for g in beside if g.cell in (*SLOW_LEARNERS, CONTROL, "sigmoid+nll")):
                 stuck = group.mean(key) < CHANCE
                 name = f"the control {CONTROL}" if group.cell == CONTROL else group.cell
+                if "lr" in group.context:
+                    name += f" (lr {lr_text(group.context['lr'])})"
                 value = percent(group.mean(key))
                 parts.append(
                     f"{name} stays at chance ({value})" if stuck else f"{name} reaches {value}"
@@ -410,12 +480,28 @@ def depth_findings(groups: list[Group]) -> list[str]:
     return paragraphs
 
 
+def edge_notes(choices: list[BestLr]) -> list[str]:
+    """The chosen lrs at the edge of their grid: no best value there."""
+    edges = [c for c in choices if c.at_edge]
+    if not edges:
+        return []
+    listed = and_join([f"{c.cell} ({c.context_label}: lr {lr_text(c.lr)})" for c in edges])
+    return [
+        f"At the edge of the lr grid, so the best lr may lie outside it: {listed}; "
+        f"{len(edges)} of {len(choices)} choices."
+    ]
+
+
 def finding(groups: list[Group], choices: list[BestLr] | None = None) -> list[str]:
     """The report's finding: learning-rate sweeps compare tuned cells, depth sweeps say
     which objectives leave chance, every other sweep compares the cells after epoch 1."""
-    if choices:
+    depth = any("depth" in group.context for group in groups)
+    if choices and depth:
+        tuned = [choice.best for choice in choices if choice.best is not None]
+        paragraphs = depth_findings(tuned) + edge_notes(choices)
+    elif choices:
         paragraphs = lr_findings(choices)
-    elif any("depth" in group.context for group in groups):
+    elif depth:
         paragraphs = depth_findings(groups)
     else:
         paragraphs = epoch1_findings(groups)

@@ -37,8 +37,11 @@ RESULTS = (
     "final_train_loss",
     "epoch1_error_signal",
     "epoch1_val_acc",
+    "epoch_to_95_val_acc",
+    "epoch_to_97_val_acc",
     *(f"{when}_{name}" for name in WHY for when in WHEN),
 )
+TARGETS = (0.90, 0.95, 0.97)  # val accuracies whose first epoch a long sweep reports
 ERROR_SIGNAL = "diag/error_signal/true_class"
 # One threshold for "at chance", wherever it is used: val accuracy below 15% (ten classes: chance
 # itself is 10%, and a run stuck on one class scores about that).
@@ -62,6 +65,7 @@ CONTEXT_ORDER = (
     "start",
     "log_base",
     "init",
+    "output_init_scale",
     "depth",
     "hidden_sizes",
     "hidden_activation",
@@ -141,6 +145,9 @@ def run_results(metrics: dict[str, Any], scalars: dict[str, list[tuple[int, floa
         end_of_epoch1 = history[0]["step"]
         signal = [v for step, v in scalars.get(ERROR_SIGNAL, []) if step <= end_of_epoch1]
         row["epoch1_val_acc"] = history[0]["val/acc"]
+        for target in TARGETS[1:]:
+            reached = (h["epoch"] for h in history if h["val/acc"] >= target)
+            row[f"epoch_to_{round(100 * target)}_val_acc"] = next(reached, None)
         row["epoch1_error_signal"] = statistics.fmean(signal) if signal else None
         for name, tag in WHY.items():
             at = dict(scalars.get(FIXED + tag, []))
@@ -239,7 +246,10 @@ def context_settings(runs: list[Run]) -> list[str]:
     for key in CONTEXT_ORDER:
         if key not in SETTINGS or len({shown(run.settings[key]) for run in runs}) < 2:
             continue
-        if not determined(key, ["activation", "loss", *kept], runs):
+        # An lr that follows the optimizer still goes into labels: an optimizer is never
+        # named without its lr.
+        follows_optimizer = key == "lr" and "optimizer" in kept
+        if follows_optimizer or not determined(key, ["activation", "loss", *kept], runs):
             kept.append(key)
     return kept
 

@@ -101,6 +101,11 @@ class BestLr:
     best: Group | None
     grid: list[float]
     ineligible: list[float]  # lrs at which a seed diverged or failed
+    on: str = "epoch1_val_acc"  # the val accuracy chosen on: after epoch 1, or the last one
+
+    @property
+    def when(self) -> str:
+        return after_epochs(self.on, self.best.runs[0].settings["max_epochs"] if self.best else 1)
 
     @property
     def lr(self) -> float | None:
@@ -119,8 +124,21 @@ class BestLr:
         return self.best.mean(key) if self.best else None
 
 
+def selection_key(runs: list[Run]) -> str:
+    """One-epoch sweeps are compared after epoch 1; longer ones after their last epoch."""
+    return "epoch1_val_acc" if all(r.settings["max_epochs"] == 1 for r in runs) else "final_val_acc"
+
+
+def after_epochs(key: str, epochs: int) -> str:
+    if key == "epoch1_val_acc" or epochs == 1:
+        return "after epoch 1"
+    return f"after the last epoch ({epochs})"
+
+
 def best_lrs(runs: list[Run], groups: list[Group]) -> list[BestLr]:
-    """Each cell's best lr per context, chosen on validation only."""
+    """Each cell's best lr per context, chosen on validation only: on the val accuracy after
+    epoch 1 in a one-epoch sweep, after the last epoch in a longer one."""
+    on = selection_key(runs)
     keys = [key for key in context_settings(runs) if key != "lr"]
     tried: dict[tuple, set[float]] = {}
     failed: dict[tuple, set[float]] = {}
@@ -137,11 +155,11 @@ def best_lrs(runs: list[Run], groups: list[Group]) -> list[BestLr]:
             if group.cell == cell
             and group.without("lr") == context
             and group.context["lr"] not in failed.get((cell, context), set())
-            and group.values("epoch1_val_acc")
+            and group.values(on)
         ]
-        best = max(eligible, key=lambda group: group.mean("epoch1_val_acc"), default=None)
+        best = max(eligible, key=lambda group: group.mean(on), default=None)
         ineligible = sorted(failed.get((cell, context), set()))
-        choices.append(BestLr(cell, context, best, sorted(grid), ineligible))
+        choices.append(BestLr(cell, context, best, sorted(grid), ineligible, on))
     return sorted(choices, key=lambda choice: (choice.context, choice.cell))
 
 
@@ -150,8 +168,9 @@ def lr_text(lr: float | None) -> str:
 
 
 def best_lr_table(choices: list[BestLr]) -> list[str]:
+    when = choices[0].when if choices else "after epoch 1"
     lines = [
-        "| cell | context | best lr (on val) | val acc after epoch 1 | test acc at that lr "
+        f"| cell | context | best lr (on val) | val acc {when} | test acc at that lr "
         "| grid | note |",
         "|---|---|---:|---:|---:|---|---|",
     ]
@@ -164,7 +183,7 @@ def best_lr_table(choices: list[BestLr]) -> list[str]:
             notes.append(f"not eligible (a seed diverged or failed): lr {listed}")
         if choice.best is None:
             notes.append("no eligible lr")
-        val = spread(choice.best.values("epoch1_val_acc"), percent) if choice.best else "–"
+        val = spread(choice.best.values(choice.on), percent) if choice.best else "–"
         test = spread(choice.best.values("test_acc"), percent) if choice.best else "–"
         grid = f"{lr_text(min(choice.grid))} … {lr_text(max(choice.grid))} ({len(choice.grid)})"
         lines.append(
@@ -174,11 +193,17 @@ def best_lr_table(choices: list[BestLr]) -> list[str]:
     return lines
 
 
+def depth_cell(group: Group) -> str:
+    value = percent(group.mean("final_val_acc"))
+    return f"{value} (lr {shown(group.context['lr'])})" if "lr" in group.context else value
+
+
 def depth_table(groups: list[Group]) -> list[str]:
-    """Final val accuracy (mean over seeds) by cell and depth, one table per other setting."""
+    """Final val accuracy (mean over seeds) by cell and depth, one table per other setting;
+    each value with its lr where the groups are each cell at its chosen lr."""
     lines: list[str] = []
-    for context in dict.fromkeys(group.without("depth") for group in groups):
-        beside = [g for g in groups if g.without("depth") == context]
+    for context in dict.fromkeys(group.without("depth", "lr") for group in groups):
+        beside = [g for g in groups if g.without("depth", "lr") == context]
         depths = sorted({g.context["depth"] for g in beside})
         label = context_text(context) or "all runs"
         lines += [
@@ -188,9 +213,7 @@ def depth_table(groups: list[Group]) -> list[str]:
         ]
         for cell in dict.fromkeys(g.cell for g in beside):
             by_depth = {g.context["depth"]: g for g in beside if g.cell == cell}
-            values = [
-                percent(by_depth[d].mean("final_val_acc")) if d in by_depth else "–" for d in depths
-            ]
+            values = [depth_cell(by_depth[d]) if d in by_depth else "–" for d in depths]
             lines.append(f"| {cell} | " + " | ".join(values) + " |")
     return lines[1:]
 
