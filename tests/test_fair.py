@@ -14,6 +14,7 @@ from slowlearn import diagnostics
 from slowlearn.losses import ACTIVATIONS, objective, targets_like
 from slowlearn.records import SETTINGS
 from slowlearn.report import LR_SENSITIVITY, make_report
+from slowlearn.report.figures import dose_png, is_dose_sweep
 from slowlearn.report.findings import finding
 from slowlearn.report.runs import Run, group_runs
 from slowlearn.report.tables import best_lrs
@@ -334,3 +335,24 @@ def test_the_report_of_a_depth_sweep_has_a_depth_column_and_row(
     )
     assert "| init=xavier, depth=1 | hidden1 | output | hidden1 : output |" in speeds
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_dose_sweep_draws_accuracy_against_measured_saturation_and_states_each_gap() -> None:
+    runs = []
+    for scale, (mse, ce, pairs) in {None: (0.9, 0.93, 0.0), 3.0: (0.5, 0.92, 0.3)}.items():
+        for cell, accuracies in (("sigmoid+mse", (0.1 * mse, mse)), ("sigmoid+bce", (0.5, ce))):
+            for lr, acc in zip((0.1, 1.0), accuracies, strict=True):
+                for run in fake_runs(cell, lr, [acc, acc], [acc, acc], output_init_scale=scale):
+                    run.results["step0_saturated_pairs"] = pairs
+                    runs.append(run)
+    groups = group_runs(runs)
+    choices = best_lrs(runs, groups)
+    assert is_dose_sweep(choices)
+    assert dose_png(Path("dose"), choices).startswith(b"\x89PNG")
+    summary = finding(groups, choices)[-1]
+    assert summary == (
+        "Each cell at its own best lr, the best cross-entropy cell present leads sigmoid+mse by "
+        "3.0 points with output_init_scale=none (0.0% of its pairs saturated at step 0) and "
+        "42.0 points with output_init_scale=3.0 (30.0% of its pairs saturated at step 0) "
+        "(differences of seed means; negative: mse ahead)."
+    )

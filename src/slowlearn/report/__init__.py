@@ -20,7 +20,7 @@ from pathlib import Path
 
 from slowlearn.records import write_atomically
 from slowlearn.report.aggregate import write_aggregates
-from slowlearn.report.figures import curves_png, lr_sensitivity_png
+from slowlearn.report.figures import curves_png, dose_png, is_dose_sweep, lr_sensitivity_png
 from slowlearn.report.findings import finding, not_completed
 from slowlearn.report.runs import WHY, Group, Run, group_runs, is_lr_sweep, read_runs
 from slowlearn.report.tables import (
@@ -37,6 +37,7 @@ from slowlearn.report.tables import (
 
 OUTPUTS = ("summary.csv", "report.md", "curves.png")
 LR_SENSITIVITY = "lr_sensitivity.png"
+DOSE_RESPONSE = "dose_response.png"
 
 
 def report_md(
@@ -90,7 +91,9 @@ def report_md(
     lines += ["", "## Runs that did not complete", ""]
     lines += [*not_completed(runs), "", "## Curves", ""]
     if choices:
-        lines += [f"![val accuracy after epoch 1 against the learning rate]({LR_SENSITIVITY})", ""]
+        lines += [f"![val accuracy against the learning rate]({LR_SENSITIVITY})", ""]
+    if choices and is_dose_sweep(choices):
+        lines += [f"![best-lr val accuracy against the output's saturation]({DOSE_RESPONSE})", ""]
     lines += ["![val accuracy, train loss and output error signal vs step](curves.png)", ""]
     return "\n".join(lines)
 
@@ -133,6 +136,8 @@ def make_report(folder: Path) -> list[str]:
     write_atomically(folder / "curves.png", curves_png(folder, groups, choices))
     if choices:
         write_atomically(folder / LR_SENSITIVITY, lr_sensitivity_png(folder, groups, choices))
+    if choices and is_dose_sweep(choices):
+        write_atomically(folder / DOSE_RESPONSE, dose_png(folder, choices))
     if runs[0].folder != folder:  # a sweep: its seed-aggregated TensorBoard runs
         write_aggregates(folder, groups)
     return findings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slowlearn.report import LR_SENSITIVITY, OUTPUTS, make_report
+from slowlearn.report import DOSE_RESPONSE, LR_SENSITIVITY, OUTPUTS, make_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> None:
     folder = parser.parse_args(argv).folder
     for paragraph in make_report(folder):
         print(paragraph)
-    written = [name for name in (*OUTPUTS, LR_SENSITIVITY) if (folder / name).exists()]
+    written = [
+        name for name in (*OUTPUTS, LR_SENSITIVITY, DOSE_RESPONSE) if (folder / name).exists()
+    ]
     print("wrote " + ", ".join(str(folder / name) for name in written))
 
 

@@ -185,3 +185,62 @@ def lr_sensitivity_png(folder: Path, groups: list[Group], choices: list[BestLr])
     )
     fig.tight_layout()
     return png(fig)
+
+
+DOSE = "output_init_scale"
+
+
+def is_dose_sweep(choices: list[BestLr]) -> bool:
+    return len({dict(choice.context).get(DOSE) for choice in choices}) > 1
+
+
+def dose_png(folder: Path, choices: list[BestLr]) -> bytes:
+    """Each cell's best-lr val accuracy against the output layer's saturation at step 0 (the
+    measured fraction of saturated-and-wrong pairs), and against the dose s itself (identity
+    outputs have no saturation), one line per cell and other setting."""
+    fig = Figure(figsize=(13, 5.4))
+    FigureCanvasAgg(fig)
+    by_pairs, by_scale = fig.subplots(1, 2)
+    doses = sorted({dict(c.context).get(DOSE) for c in choices}, key=lambda s: (s != "none", s))
+    positions = {dose: index for index, dose in enumerate(doses)}
+    lines: dict[tuple, list[BestLr]] = {}
+    for choice in choices:
+        if choice.best is not None:
+            rest = tuple((k, v) for k, v in choice.context if k != DOSE)
+            lines.setdefault((choice.cell, rest), []).append(choice)
+    for (cell, rest), chosen in lines.items():
+        color = cell_color(cell)
+        label = ", ".join(filter(None, (cell, context_text(rest))))
+        chosen.sort(key=lambda c: positions[dict(c.context).get(DOSE)])
+        accuracy = [100 * c.mean(c.on) for c in chosen]
+        x = [positions[dict(c.context).get(DOSE)] for c in chosen]
+        by_scale.plot(x, accuracy, color=color, marker="o", label=label)
+        pairs = [c.mean("step0_saturated_pairs") for c in chosen]
+        measured = [(100 * p, a) for p, a in zip(pairs, accuracy, strict=True) if p is not None]
+        if measured:
+            xs, ys = zip(*sorted(measured), strict=True)
+            by_pairs.plot(xs, ys, color=color, marker="o", label=label)
+    when = choices[0].when
+    by_pairs.set(
+        xlabel="output pairs saturated and wrong at step 0 (%, fixed images, mean over seeds)",
+        ylabel=f"val accuracy {when} at the best lr (%)",
+        title="against the measured saturation",
+        ylim=(0, 100),
+    )
+    by_scale.set_xticks(range(len(doses)), [f"s={d}" if d != "none" else "default" for d in doses])
+    by_scale.set(
+        xlabel="output layer's init: N(0, s²), or the model's own",
+        ylabel=f"val accuracy {when} at the best lr (%)",
+        title="against the dose s",
+        ylim=(0, 100),
+    )
+    for ax in (by_pairs, by_scale):
+        ax.axhline(100 * CHANCE, color="0.5", linestyle=":", linewidth=1)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(
+        f"{folder.name}: each cell at its best lr (on validation), mean over seeds; "
+        f"dotted: at chance below {100 * CHANCE:.0f}% (chance itself is 10%)"
+    )
+    fig.tight_layout()
+    return png(fig)

@@ -249,7 +249,7 @@ def lr_findings(choices: list[BestLr]) -> list[str]:
                 paragraphs.append(capitalised(lead + why))
             gap = 100 * (best_ce.mean(best_ce.on) - mse.mean(mse.on))
             pairs = mse.mean("step0_saturated_pairs")
-            dose = f", {percent(pairs)} of its pairs saturated and wrong at step 0" if pairs else ""
+            dose = "" if pairs is None else f" ({percent(pairs)} of its pairs saturated at step 0)"
             gaps.setdefault(mse.cell, []).append(
                 f"{gap:.1f} points with {label or 'all runs'}{dose}"
             )

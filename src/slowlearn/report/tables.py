@@ -160,7 +160,17 @@ def best_lrs(runs: list[Run], groups: list[Group]) -> list[BestLr]:
         best = max(eligible, key=lambda group: group.mean(on), default=None)
         ineligible = sorted(failed.get((cell, context), set()))
         choices.append(BestLr(cell, context, best, sorted(grid), ineligible, on))
-    return sorted(choices, key=lambda choice: (choice.context, choice.cell))
+    return sorted(choices, key=lambda c: (tuple(by_value(v) for _, v in c.context), c.cell))
+
+
+def by_value(text: str) -> tuple:
+    """A shown setting's sort key: none first, then numbers by value, then words."""
+    if text == "none":
+        return (0, 0.0, "")
+    try:
+        return (1, float(text), "")
+    except ValueError:
+        return (2, 0.0, text)
 
 
 def lr_text(lr: float | None) -> str:
