@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from slowlearn.checks import check_config
 from slowlearn.groups import build_module
 from slowlearn.module import LitClassifier
-from tests.conftest import compose_config
+from tests.conftest import REPO, compose_config
 
 CELLS = [*itertools.product(["sigmoid", "softmax"], ["mse", "bce", "nll"]), ("identity", "mse")]
 
@@ -54,7 +55,24 @@ CELL_GRID = "sigmoid_mse,sigmoid_bce,sigmoid_nll,softmax_mse,softmax_bce,softmax
 PRESET_SETTINGS = {
     "ablation": {"model.hidden_sizes": [100], "model.init": "default", "optimizer.lr": 0.1},
     "saturated": {"model.hidden_sizes": [100], "model.init": "large", "optimizer.lr": 0.1},
-    "optimizers": {"trainer.max_epochs": 1, "optimizer.momentum": 0.0},
+    "optimizers": {
+        "trainer.max_epochs": 1,
+        "optimizer.momentum": 0.9,
+        "model.hidden_sizes": [100],
+        "model.hidden_activation": "sigmoid",
+    },
+    "output_saturation": {
+        "trainer.max_epochs": 1,
+        "optimizer.momentum": 0.0,
+        "model.init": "default",
+        "model.output_init_scale": None,
+    },
+    "long": {
+        "trainer.max_epochs": 20,
+        "optimizer.momentum": 0.0,
+        "model.hidden_sizes": [100],
+        "optimizer.lr": 1.0,  # softmax+nll's best lr from the default init
+    },
     "nielsen": {
         "model.hidden_sizes": [30],
         "model.init": "scaled_normal",
@@ -65,16 +83,30 @@ PRESET_SETTINGS = {
     },
     "neuron": {"optimizer.lr": 0.15, "data.steps": 300, "model.start": [2.0, 2.0]},
     "lr_fair": {"trainer.max_epochs": 1, "model.hidden_activation": "sigmoid"},
-    "depth": {"trainer.max_epochs": 3, "optimizer.lr": 0.1, "model.hidden_activation": "sigmoid"},
+    "depth": {"trainer.max_epochs": 3, "model.hidden_activation": "sigmoid"},
 }
 PRESET_SWEEPS = {
     "ablation": {"cell": 6, "seed": 3},
     "saturated": {"cell": 6, "seed": 3},
-    "optimizers": {"cell": 3, "optimizer": 2, "seed": 3},
+    "optimizers": {"cell": 5, "optimizer": 2, "model.init": 2, "optimizer.lr": 10, "seed": 3},
+    "output_saturation": {"cell": 5, "model.output_init_scale": 5, "optimizer.lr": 7, "seed": 3},
+    "long": {"cell": 5, "model.init": 2, "lr_position": 3, "seed": 3},
     "nielsen": {"loss": 2},
     "neuron": {"loss": 2, "model.start": 2},
     "lr_fair": {"cell": 7, "model.init": 2, "optimizer.lr": 8, "seed": 3},
-    "depth": {"cell": 4, "model.hidden_sizes": 4, "model.init": 2, "seed": 3},
+    "depth": {"cell": 4, "model.hidden_sizes": 4, "model.init": 2, "optimizer.lr": 4, "seed": 3},
+}
+# Runs per preset: the product of its sweep's sizes.
+PRESET_RUNS = {
+    "ablation": 18,
+    "saturated": 18,
+    "optimizers": 600,
+    "output_saturation": 525,
+    "long": 90,
+    "nielsen": 2,
+    "neuron": 4,
+    "lr_fair": 336,
+    "depth": 384,
 }
 
 
@@ -82,6 +114,11 @@ def sweep_values(cfg: OmegaConf, key: str) -> list:
     parser = OverridesParser.create()  # how Hydra's sweeper reads its params
     override = parser.parse_override(f"{key}={cfg.hydra.sweeper.params[key]}")
     return list(override.sweep_iterator())
+
+
+def test_every_preset_is_tested() -> None:
+    presets = {path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")}
+    assert presets == set(PRESET_SETTINGS) == set(PRESET_SWEEPS) == set(PRESET_RUNS)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_SETTINGS))
@@ -94,6 +131,7 @@ def test_every_preset_composes_with_its_settings_and_sweep(preset: str) -> None:
         assert plain == value, key
     sizes = {key: len(sweep_values(cfg, key)) for key in cfg.hydra.sweeper.params}
     assert sizes == PRESET_SWEEPS[preset]
+    assert math.prod(sizes.values()) == PRESET_RUNS[preset]
     check_config(cfg)  # every preset passes the start-up checks
 
 

@@ -5,6 +5,7 @@ that names the key, the value and what is allowed.
 from __future__ import annotations
 
 import inspect
+import math
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -108,6 +109,15 @@ def check_config(cfg: DictConfig) -> None:
         one_of("model.hidden_activation", HIDDEN_ACTIVATIONS)
     if "init" in model:
         one_of("model.init", INITS)
+    if model.get("output_init_scale") is not None:
+        if model.get("_target_") == "slowlearn.model.Neuron":
+            require(False, "model.output_init_scale", "null for the neuron (start sets it)")
+        scale = number("model.output_init_scale")
+        require(
+            scale is not None and 0 < scale < math.inf,
+            "model.output_init_scale",
+            "null (the output layer keeps model.init) or a positive number",
+        )
     if "dataset" in data:
         one_of("data.dataset", DATASETS)
     for key in ("batch_size", "steps_per_chunk", "eval_batch_size", "steps"):

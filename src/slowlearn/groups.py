@@ -2,8 +2,9 @@
 jobs whose configs are equal except in what a member of a group may differ in.
 
 A member may differ in its seed (its initial weights and its data order), its output
-activation, its objective, ``model.init``, ``optimizer.lr`` and ``loss.log_base``, and in its
-own paths and names. Everything else (the architecture, the data, the batch size, the
+activation, its objective, ``model.init``, ``model.output_init_scale``, ``optimizer.lr`` (and
+``lr_position``, which picks it from a preset's table) and ``loss.log_base``, and in its own
+paths and names. Everything else (the architecture, the data, the batch size, the
 optimiser's other settings, the epochs) is one program's and must be equal.
 """
 
@@ -23,8 +24,17 @@ from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 
 # What a member may differ in: config keys (the activation and loss nodes hold the output
 # activation, the objective and its log base). data.seed is the data order's, ${seed} unless
-# overridden.
-MEMBER_KEYS = ("seed", "data.seed", "activation", "loss", "model.init", "optimizer.lr")
+# overridden. lr_position (experiment=long) only says which lr of its table optimizer.lr takes.
+MEMBER_KEYS = (
+    "seed",
+    "data.seed",
+    "activation",
+    "loss",
+    "model.init",
+    "model.output_init_scale",
+    "optimizer.lr",
+    "lr_position",
+)
 # The run's own paths and names. Loggers are each member's own, so they may differ too.
 OWN_KEYS = ("run_dir", "run_name", "trainer.default_root_dir", "logger")
 # The member settings that tell members apart in the launcher's printout.
@@ -33,6 +43,7 @@ DIFFERENCES = (
     "loss.name",
     "loss.log_base",
     "model.init",
+    "model.output_init_scale",
     "optimizer.lr",
     "seed",
 )

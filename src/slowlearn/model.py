@@ -55,6 +55,15 @@ def initialise_(layer: nn.Linear, init: str) -> None:
         layer.bias.normal_(0.0, 1.0)
 
 
+def scale_output_init_(layer: nn.Linear, scale: float) -> None:
+    """w, b ~ N(0, scale^2) in place: the output layer's own init (``output_init_scale``)."""
+    if not (isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0):
+        raise ValueError(f"output_init_scale={scale!r} is not allowed: null or a positive number")
+    with torch.no_grad():
+        layer.weight.normal_(0.0, float(scale))
+        layer.bias.normal_(0.0, float(scale))
+
+
 def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """z = x W^T + b for R members at once: ``weight`` [R, in, out] (nn.Linear's weight
     transposed, see MemberStack), ``bias`` [R, out].
@@ -107,7 +116,11 @@ class DMLP(nn.Sequential):
         out_features: int = 10,
         hidden_activation: str = "sigmoid",
         init: str = "default",
+        output_init_scale: float | None = None,
     ) -> None:
+        """``init`` draws every layer's weights and biases; ``output_init_scale`` s, when set,
+        draws the output layer's from N(0, s^2) instead, so that how saturated the outputs
+        start can be set apart from the hidden layers' init."""
         if hidden_activation not in HIDDEN_ACTIVATIONS:
             raise ValueError(
                 f"unknown hidden_activation {hidden_activation!r}; "
@@ -117,7 +130,10 @@ class DMLP(nn.Sequential):
         layers: list[nn.Module] = []
         for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             linear = nn.Linear(n_in, n_out)
-            initialise_(linear, init)
+            if index == len(sizes) - 2 and output_init_scale is not None:
+                scale_output_init_(linear, output_init_scale)
+            else:
+                initialise_(linear, init)
             layers.append(linear)
             if index < len(sizes) - 2:
                 layers.append(HIDDEN_ACTIVATIONS[hidden_activation]())
@@ -163,7 +179,16 @@ class DMLP(nn.Sequential):
 class Neuron(nn.Module):
     """Figure 5-4: one input, one output unit, z = w x + b, from start = (w, b)."""
 
-    def __init__(self, start: Sequence[float] = (2.0, 2.0)) -> None:
+    def __init__(
+        self, start: Sequence[float] = (2.0, 2.0), output_init_scale: float | None = None
+    ) -> None:
+        # The key exists for every model so that a run's settings name it; the neuron's one
+        # unit starts from ``start``, so a scale would contradict it.
+        if output_init_scale is not None:
+            raise ValueError(
+                f"output_init_scale={output_init_scale!r} is not allowed for the neuron: null "
+                "(its start sets its weights)"
+            )
         super().__init__()
         w, b = start
         self.w = nn.Parameter(torch.tensor(float(w)))

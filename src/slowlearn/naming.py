@@ -15,13 +15,14 @@ so a constant such as ``trainer.max_epochs=1`` never becomes part of a name.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 CELL_KEYS = ("cell", "activation", "loss")  # the name's first part says them
 SHORT_NAMES = {
@@ -32,7 +33,11 @@ SHORT_NAMES = {
     "data.batch_size": "batch",
     "trainer.max_epochs": "epochs",
     "loss.log_base": "base",
+    "model.output_init_scale": "outscale",
 }
+# A swept key that only picks another key's value from a table is named by that value: the
+# runs of experiment=long sweep lr_position (below, best, above) and are named lr0.3, lr1, ...
+NAMED_BY = {"lr_position": "optimizer.lr"}
 
 
 def override_key(override: str) -> str:
@@ -49,12 +54,30 @@ def label(key: str, value: str) -> str:
     return f"{short}{value}" if value[:1].isdigit() or value[:1] in "-." else f"{short}-{value}"
 
 
-def run_name(cell: str, overrides: Iterable[str], swept: Sequence[str]) -> str:
-    """The cell, then this job's values of the swept keys (the seed last)."""
+def shown_value(value: Any) -> str:
+    """A resolved value as a name shows it: 1.0 as 1, as the command line gives it."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_name(
+    cell: str,
+    overrides: Iterable[str],
+    swept: Sequence[str],
+    resolved: Mapping[str, Any] | None = None,
+) -> str:
+    """The cell, then this job's values of the swept keys (the seed last); a key of NAMED_BY
+    shows the key it picks, with its value in ``resolved`` (key -> resolved value)."""
     values = {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     keys = [k for k in swept if k not in CELL_KEYS and k in values]
     keys.sort(key=lambda key: key == "seed")  # stable: the sweep's order, the seed last
-    return "/".join([cell, *(label(key, values[key]) for key in keys)])
+    parts = []
+    for key in keys:
+        picked = NAMED_BY.get(key)
+        if picked is not None and resolved is not None and picked in resolved:
+            parts.append(label(picked, shown_value(resolved[picked])))
+        else:
+            parts.append(label(key, values[key]))
+    return "/".join([cell, *parts])
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,13 +99,20 @@ def swept_keys(sweep_dir: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def resolve_run_name(activation: str, loss: str) -> str:
-    """``${run_label:...}``: this job's name, from the Hydra config of the job being run."""
+def resolve_run_name(activation: str, loss: str, _root_: DictConfig | None = None) -> str:
+    """``${run_label:...}``: this job's name, from the Hydra config of the job being run
+    (``_root_``, OmegaConf's root of the config being resolved: the values NAMED_BY shows)."""
     cell = f"{activation}+{loss}"
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return cell
     hydra = HydraConfig.get()
-    return run_name(cell, hydra.overrides.task, swept_keys(str(hydra.sweep.dir)))
+    swept = swept_keys(str(hydra.sweep.dir))
+    resolved = {
+        picked: OmegaConf.select(_root_, picked)
+        for key, picked in NAMED_BY.items()
+        if key in swept and _root_ is not None
+    }
+    return run_name(cell, hydra.overrides.task, swept, resolved)
 
 
 def if_set(value: str, when_set: str, otherwise: str) -> str:

@@ -28,6 +28,7 @@ RUN_SETTINGS = {
     "loss": "loss.name",
     "log_base": "loss.log_base",
     "init": "model.init",
+    "output_init_scale": "model.output_init_scale",  # None: the output layer keeps init's
     "hidden_sizes": "model.hidden_sizes",
     "hidden_activation": "model.hidden_activation",
     "start": "model.start",  # the neuron's (w, b)
