@@ -146,11 +146,11 @@ def test_the_readme_block_has_each_sections_first_finding_and_link(generated: Pa
     assert readme.startswith(outside[0]) and readme.endswith(outside[1].split(END)[1])
     block = readme.split(BEGIN)[1].split(END)[0]
     results = (generated / "docs" / "results.md").read_text()
-    bullets = [line for line in block.splitlines() if line.startswith("- **")]
-    assert [line.split(":")[0] for line in bullets] == [
-        "- **ablation** (5 runs, MNIST)",
-        "- **lr_fair** (5 runs, MNIST)",
-        "- **lr_fair** (5 runs, Fashion-MNIST)",
+    bullets = [line for line in block.splitlines() if line.startswith("**")]
+    assert [line.split(",")[:2] for line in bullets] == [
+        ["**ablation** (5 runs", " MNIST"],
+        ["**lr_fair** (5 runs", " MNIST"],
+        ["**lr_fair** (5 runs", " Fashion-MNIST"],
     ]
     headings = {github_anchor(h) for h in re.findall(r"^## (.+)$", results, flags=re.MULTILINE)}
     links = re.findall(r"\(docs/results\.md#([^)]+)\)", block)
@@ -158,8 +158,11 @@ def test_the_readme_block_has_each_sections_first_finding_and_link(generated: Pa
     assert set(links) <= headings
     for bullet, (heading, section) in zip(bullets, sections(results).items(), strict=True):
         finding = first_finding(section.replace("\n#### ", "\n## "))
-        assert finding and f"): {finding} (" in bullet, heading
+        assert finding and bullet.endswith(f"): {finding}"), heading
     assert all(value in results for value in PERCENT.findall(block))
+    # Each study's first figure, copied beside results.md.
+    figures = re.findall(r"!\[[^\]]*\]\((docs/results/[^)]+\.png)\)", block)
+    assert len(figures) == 3 and all((generated / f).is_file() for f in figures)
 
 
 def test_a_missing_required_preset_is_a_one_line_error_and_changes_nothing(

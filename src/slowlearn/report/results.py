@@ -248,8 +248,8 @@ def relink(
     return IMAGE.sub(replace, markdown)
 
 
-def first_finding(report: str) -> str | None:
-    """The first bullet of report.md's "## Findings", on one line, italics stripped."""
+def findings(report: str) -> list[str]:
+    """The bullets of report.md's "## Findings", each on one line, italics stripped."""
     bullets: list[list[str]] = []
     inside = False
     for line in report.splitlines():
@@ -261,10 +261,25 @@ def first_finding(report: str) -> str | None:
             bullets[-1].append(line.strip())
         elif inside and not line.strip() and bullets:
             break
-    if not bullets:
-        return None
-    text = " ".join(bullets[0])
-    return re.sub(r"(?<![\w*])[*_]([^*_]+)[*_](?![\w*])", r"\1", text).strip()
+    return [
+        re.sub(r"(?<![\w*])[*_]([^*_]+)[*_](?![\w*])", r"\1", " ".join(b)).strip() for b in bullets
+    ]
+
+
+def first_finding(report: str) -> str | None:
+    """The first bullet of report.md's "## Findings"."""
+    return next(iter(findings(report)), None)
+
+
+def first_why(report: str) -> str | None:
+    """The first finding that gives the measured why (report/findings.py's why_sentence)."""
+    return next((f for f in findings(report) if "why (" in f.lower()), None)
+
+
+def first_figure(markdown: str) -> str | None:
+    """The target of the first image in already relinked markdown."""
+    image = next((m for m in IMAGE.finditer(markdown) if m.group(1).startswith("!")), None)
+    return image.group(2) if image else None
 
 
 # ------------------------------------------------------------------ the two documents
@@ -340,19 +355,27 @@ def results_md(sections: list[Section], shown: list[Path], images: Path, out: Pa
 
 
 def readme_block(sections: list[Section], out: Path, readme: Path) -> str:
+    """Per section: its first finding, its first measured why, and its first figure."""
     link = Path(os.path.relpath(out.resolve(), readme.parent.resolve())).as_posix()
+    images = out.with_suffix("")
     lines = [
-        f"Written by `{COMMAND}` with [{link}]({link}): the first finding of the newest sweep "
-        "of each preset; the tables, the other findings and the figures are there.",
-        "",
+        f"Written by `{COMMAND}` with [{link}]({link}): per study, the first finding and the "
+        "first measured why of its newest sweep, and its first figure; the tables, the other "
+        "findings and the figures are there.",
     ]
     for section in sections:
         sweep = section.sweep
-        text = first_finding(section.report) or "no finding."
-        lines.append(
-            f"- **{sweep.preset}** ({sweep.runs} runs, {dataset_name(sweep.dataset)}): {text} "
-            f"([more]({link}#{section.anchor}))"
-        )
+        lines += [
+            "",
+            f"**{sweep.preset}** ({sweep.runs} runs, {dataset_name(sweep.dataset)}, "
+            f"[more]({link}#{section.anchor})): {first_finding(section.report) or 'no finding.'}",
+        ]
+        why = first_why(section.report)
+        if why and why != first_finding(section.report):
+            lines += ["", why]
+        figure = first_figure(relink(section.report, sweep, images, readme.parent, {}))
+        if figure:
+            lines += ["", f"![{sweep.title}]({figure})"]
     return "\n".join(lines)
 
 
