@@ -41,9 +41,12 @@ __all__ = ["read_metrics", "read_scalars"]  # shared with the test modules
 LONGEST_FILES_FIRST = (
     "test_run_faults.py",
     "test_scripts.py",  # one test, but four processes: xdist would start it last
+    "test_presets.py",  # four tiny preset sweeps
     "test_batched.py",
     "test_launchers.py",
     "test_fair.py",
+    "test_sweep_status.py",
+    "test_results.py",
     "test_neuron.py",
 )
 

@@ -33,6 +33,7 @@ HPARAMS = {
     "loss",
     "log_base",
     "init",
+    "output_init_scale",
     "hidden_sizes",
     "hidden_activation",
     "start",
