@@ -53,6 +53,7 @@ report: $(INSTALLED)  ## the report of RUN (a sweep or run folder; default the n
 
 # The sweep goes into a new folder of its own, so that the report reads this sweep; the report
 # is made even if a job failed (Hydra then exits non-zero, and so does make, after the report).
+# A diverged job is a result, not a failure: a sweep whose other jobs completed exits 0.
 sweep: $(INSTALLED)  ## EXPERIMENT (default ablation) as a Hydra multirun, then its report
 	mkdir -p logs/multiruns/$(EXPERIMENT)
 	dir=$$(mktemp -d logs/multiruns/$(EXPERIMENT)/$$(date +%Y-%m-%d_%H-%M-%S)-XXXX) && { \
