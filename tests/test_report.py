@@ -218,3 +218,13 @@ def test_the_finding_compares_the_cells_under_each_optimiser() -> None:
         "optimizer=Adam and 45.0 points with optimizer=SGD (differences of seed means; "
         "negative: mse ahead).",
     ]
+
+
+def test_the_custom_scalars_layout_is_torchs_without_importing_torch() -> None:
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    from slowlearn.report.aggregate import AGGREGATED, layout
+
+    title = "mean over seeds with its min-max band (runs */mean, written by make report)"
+    charts = {tag: ["Margin", [tag, f"{tag}/min", f"{tag}/max"]] for tag in AGGREGATED}
+    assert layout().SerializeToString() == custom_scalars({title: charts}).SerializeToString()

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from torch.utils.tensorboard.summary import custom_scalars
 
 from slowlearn.report.figures import aligned
 from slowlearn.report.runs import Group, name_without_seed
@@ -40,10 +42,33 @@ def aggregate_name(group: Group) -> str:
 
 
 def layout() -> Summary:
-    """Margin charts: each group's mean with its min-max band over seeds."""
+    """Margin charts: each group's mean with its min-max band over seeds. Built from
+    TensorBoard's own protos, as torch.utils.tensorboard builds them, so that the report
+    never imports torch."""
     title = "mean over seeds with its min-max band (runs */mean, written by make report)"
-    charts = {tag: ["Margin", [tag, f"{tag}/min", f"{tag}/max"]] for tag in AGGREGATED}
-    return custom_scalars({title: charts})
+    charts = [
+        layout_pb2.Chart(
+            title=tag,
+            margin=layout_pb2.MarginChartContent(
+                series=[
+                    layout_pb2.MarginChartContent.Series(
+                        value=tag, lower=f"{tag}/min", upper=f"{tag}/max"
+                    )
+                ]
+            ),
+        )
+        for tag in AGGREGATED
+    ]
+    config = layout_pb2.Layout(category=[layout_pb2.Category(title=title, chart=charts)])
+    tensor = TensorProto(
+        dtype="DT_STRING",
+        string_val=[config.SerializeToString()],
+        tensor_shape=TensorShapeProto(),
+    )
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+    return Summary(
+        value=[Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]
+    )
 
 
 def write_group(folder: Path, group: Group, with_layout: bool) -> None:
