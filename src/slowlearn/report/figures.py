@@ -17,19 +17,12 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from slowlearn.cells import CELLS
 from slowlearn.report.runs import CHANCE, Group, Run, context_text
 from slowlearn.report.tables import BestLr, lr_text
 
-# One colour per cell in every figure and every row.
-CELL_ORDER = (
-    "sigmoid+mse",
-    "sigmoid+bce",
-    "sigmoid+nll",
-    "softmax+mse",
-    "softmax+bce",
-    "softmax+nll",
-    "identity+mse",
-)
+# One colour per cell in every figure and every row, in the cells' declared order.
+CELL_ORDER = tuple(cell.name for cell in CELLS)
 PANELS = [
     ("Accuracy: validation (dots), sampled training steps (dotted)", "accuracy (%)", "linear"),
     ("Training loss (means over logging windows)", "each cell's own objective (log scale)", "log"),

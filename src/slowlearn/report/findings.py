@@ -18,13 +18,11 @@ from __future__ import annotations
 import statistics
 from itertools import groupby
 
+from slowlearn.cells import CONTROL_CELL as CONTROL
+from slowlearn.cells import CROSS_ENTROPY, SAME_ACTIVATION_CURE, SLOW_LEARNERS
 from slowlearn.report.runs import (
     CHANCE,
     CHANCE_TEXT,
-    CONTROL,
-    CROSS_ENTROPY,
-    SAME_ACTIVATION_CURE,
-    SLOW_LEARNERS,
     TARGETS,
     Group,
     Run,

@@ -48,14 +48,6 @@ ERROR_SIGNAL = "diag/error_signal/true_class"
 CHANCE = 0.15
 CHANCE_TEXT = "val accuracy below 15%; chance itself is 10%"
 SEED_PART = re.compile(r"(^|/)seed[^/]*$")  # the last part of a sweep's run name
-# The cells that cure slow learning. sigmoid+nll is not among them: -log o_y on independent
-# sigmoids never pushes the wrong outputs down, so it is reported on its own.
-CROSS_ENTROPY = ("sigmoid+bce", "softmax+bce", "softmax+nll")
-# The control: linear outputs under MSE, de/dz = o - y with no sigma' factor.
-CONTROL = "identity+mse"
-# MSE on outputs with a sigma'-like factor, and the cure with the same output activation.
-SLOW_LEARNERS = ("sigmoid+mse", "softmax+mse")
-SAME_ACTIVATION_CURE = {"sigmoid+mse": "sigmoid+bce", "softmax+mse": "softmax+nll"}
 # The settings that may tell groups apart, in the order a label names them; a setting that the
 # ones before it determine (momentum with the optimizer, hidden_sizes with the depth) is left
 # out. lr comes late: an lr that only follows the optimizer is no lr sweep.
