@@ -19,10 +19,14 @@ from slowlearn.report.results import (
     BEGIN,
     END,
     PERCENT,
+    Section,
+    Sweep,
     demote,
+    find_sweeps,
     first_finding,
     github_anchor,
     main,
+    tuned_gaps,
     update_readme,
 )
 from tests.conftest import REPO, env, job_dirs
@@ -210,3 +214,30 @@ def test_every_percentage_in_the_readmes_results_block_is_in_docs_results_md() -
     text = results.read_text()
     missing = [value for value in PERCENT.findall(block) if value not in text]
     assert not missing, f"in README's results block but not in docs/results.md: {missing}"
+
+
+def test_a_sweep_with_a_run_still_running_is_left_out(tiny_sweep: Path, tmp_path: Path) -> None:
+    folder = fake_sweep(tiny_sweep, tmp_path, "ablation", "2026-01-01_00-00-00-run", "mnist")
+    path = job_dirs(folder)[0] / "metrics.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(record | {"status": "running"}))
+    assert find_sweeps(tmp_path) == []
+
+
+def test_the_table_across_studies_gives_each_tuned_gap() -> None:
+    from slowlearn.report.runs import group_runs
+    from slowlearn.report.tables import best_lrs
+    from tests.test_fair import fake_runs
+
+    runs = []
+    for cell, accuracies in (("sigmoid+mse", {0.1: 0.5, 1.0: 0.8}), ("sigmoid+bce", {0.1: 0.9})):
+        for lr, acc in accuracies.items():
+            runs += fake_runs(cell, lr, [acc, acc], [acc, acc], optimizer="SGD")
+    sweep = Sweep(Path("logs/multiruns/lr_fair/x"), "lr_fair", "mnist")
+    section = Section(sweep, 0, "", [], {}, best_lrs(runs, group_runs(runs)))
+    table = tuned_gaps([section])
+    assert table[0] == "## Across studies: tuned MSE against tuned cross entropy"
+    assert table[-2] == (
+        "| [lr_fair (MNIST)](#lr_fair-mnist) | SGD | – | sigmoid+mse at lr 1 | 80.0% "
+        "| sigmoid+bce at lr 0.1 | 90.0% | +10.0 |"
+    )

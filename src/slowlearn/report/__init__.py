@@ -16,6 +16,7 @@ runs (``<group>/mean``) with their custom-scalars layout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from slowlearn.records import write_atomically
@@ -123,16 +124,35 @@ def why_section(groups: list[Group], choices: list[BestLr]) -> list[str]:
     return lines
 
 
-def make_report(folder: Path) -> list[str]:
-    """Write the report's files into ``folder``; return the finding."""
+@dataclass
+class Analysis:
+    """What a report says about one run or sweep, before anything is written."""
+
+    folder: Path
+    runs: list[Run]
+    groups: list[Group]
+    choices: list[BestLr]  # each cell's best lr, where the sweep tunes the lr
+    findings: list[str]
+
+
+def analyse(folder: Path) -> Analysis:
     runs = read_runs(folder)
     groups = group_runs(runs)
     choices = best_lrs(runs, groups) if is_lr_sweep(groups) else []
-    findings = finding(groups, choices)
-    write_atomically(folder / "summary.csv", summary_csv(runs, groups).encode())
-    write_atomically(
-        folder / "report.md", report_md(folder, runs, groups, choices, findings).encode()
+    return Analysis(folder, runs, groups, choices, finding(groups, choices))
+
+
+def write_report(analysis: Analysis) -> None:
+    """The report's files, each replaced atomically, in the analysed folder."""
+    folder, runs, groups, choices = (
+        analysis.folder,
+        analysis.runs,
+        analysis.groups,
+        analysis.choices,
     )
+    write_atomically(folder / "summary.csv", summary_csv(runs, groups).encode())
+    text = report_md(folder, runs, groups, choices, analysis.findings)
+    write_atomically(folder / "report.md", text.encode())
     write_atomically(folder / "curves.png", curves_png(folder, groups, choices))
     if choices:
         write_atomically(folder / LR_SENSITIVITY, lr_sensitivity_png(folder, groups, choices))
@@ -140,4 +160,10 @@ def make_report(folder: Path) -> list[str]:
         write_atomically(folder / DOSE_RESPONSE, dose_png(folder, choices))
     if runs[0].folder != folder:  # a sweep: its seed-aggregated TensorBoard runs
         write_aggregates(folder, groups)
-    return findings
+
+
+def make_report(folder: Path) -> list[str]:
+    """Write the report's files into ``folder``; return the finding."""
+    analysis = analyse(folder)
+    write_report(analysis)
+    return analysis.findings

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import groupby
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,11 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from slowlearn.cells import CROSS_ENTROPY, SLOW_LEARNERS
 from slowlearn.records import read_metrics, run_settings, write_atomically
-from slowlearn.report import make_report
+from slowlearn.report import analyse, write_report
+from slowlearn.report.runs import context_text
+from slowlearn.report.tables import BestLr, lr_text, percent
 
 REQUIRED = ("ablation", "lr_fair", "depth")
 DEFAULT_DATASET = "mnist"
@@ -94,11 +98,14 @@ def read_sweep(folder: Path) -> Sweep | None:
 
 
 def find_sweeps(logs: Path) -> list[Sweep]:
-    """Every sweep under ``logs/multiruns/<name>/`` with at least one completed run."""
+    """Every finished sweep under ``logs/multiruns/<name>/`` with at least one completed run.
+    A sweep with a run still running is left out, and said so: its report would change."""
     sweeps = []
     for folder in sorted((logs / "multiruns").glob("*/*")):
         sweep = read_sweep(folder) if folder.is_dir() else None
-        if sweep and sweep.statuses["completed"]:
+        if sweep and sweep.statuses["running"]:
+            print(f"left out: {folder} has {sweep.statuses['running']} runs still running")
+        elif sweep and sweep.statuses["completed"]:
             sweeps.append(sweep)
     return sweeps
 
@@ -282,6 +289,60 @@ def first_figure(markdown: str) -> str | None:
     return image.group(2) if image else None
 
 
+# ------------------------------------------------------------------ across studies
+
+
+def optimizer_text(choice: BestLr) -> str:
+    settings = choice.best.runs[0].settings
+    momentum = settings.get("momentum")
+    if settings["optimizer"] == "SGD" and momentum:
+        return f"SGD, momentum {momentum:g}"
+    return str(settings["optimizer"])
+
+
+def tuned_gaps(sections: list[Section]) -> list[str]:
+    """One row per slow learner and context of every one-epoch lr sweep: the slow learner and
+    the best cross-entropy cell present, each at its own best lr, and the gap between them."""
+    rows = []
+    for section in sections:
+        tuned = [c for c in section.choices if c.best is not None]
+        if (
+            not tuned
+            or any("depth" in c.best.context for c in tuned)
+            or tuned[0].when != ("after epoch 1")
+        ):
+            continue
+        for context, chosen in groupby(tuned, key=lambda choice: choice.context):
+            chosen = list(chosen)
+            cross = [c for c in chosen if c.cell in CROSS_ENTROPY]
+            best = max(cross, key=lambda c: c.mean(c.on), default=None)
+            for slow in (c for c in chosen if c.cell in SLOW_LEARNERS and best):
+                gap = 100 * (best.mean(best.on) - slow.mean(slow.on))
+                rows.append(
+                    f"| [{section.sweep.title}](#{section.anchor}) | {optimizer_text(slow)} "
+                    f"| {context_text(context) or '–'} | {slow.cell} at lr {lr_text(slow.lr)} "
+                    f"| {percent(slow.mean(slow.on))} | {best.cell} at lr {lr_text(best.lr)} "
+                    f"| {percent(best.mean(best.on))} | {gap:+.1f} |"
+                )
+    if not rows:
+        return []
+    return [
+        "## Across studies: tuned MSE against tuned cross entropy",
+        "",
+        "Every one-epoch lr sweep below: each slow learner and the best of the cross-entropy "
+        "cells present (the highest mean, a choice that favours cross entropy), each at its own "
+        "best lr chosen on validation, with their val accuracy after epoch 1 (mean over seeds) "
+        "and the gap in points (positive: cross entropy ahead). The per-seed comparisons and "
+        "the test accuracies are in each section.",
+        "",
+        "| sweep | optimizer | context | slow learner | val acc | best cross entropy | val acc "
+        "| gap |",
+        "|---|---|---|---|---:|---|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 # ------------------------------------------------------------------ the two documents
 
 
@@ -310,6 +371,7 @@ class Section:
     report: str  # report.md as written just now
     overrides: list[str]
     swept: dict[str, Any]
+    choices: list[BestLr] = field(default_factory=list)  # each cell's best lr, if tuned
 
     @property
     def anchor(self) -> str:
@@ -348,6 +410,7 @@ def results_md(sections: list[Section], shown: list[Path], images: Path, out: Pa
         "",
         *(f"- [{s.sweep.title}](#{s.anchor}): {s.sweep.runs} runs" for s in sections),
         "",
+        *tuned_gaps(sections),
     ]
     for section, folder in zip(sections, shown, strict=True):
         lines.append(section_md(section, folder, images, out.parent, copies))
@@ -428,10 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in section_order(sweeps, [p for p, _ in parse_required(args.require)]):
         sweep, *older = sweeps[key]
         print(f"report: {sweep.folder}")
-        make_report(sweep.folder)
+        analysis = analyse(sweep.folder)
+        write_report(analysis)
         overrides, swept = multirun_settings(sweep.folder)
         report = (sweep.folder / "report.md").read_text()
-        sections.append(Section(sweep, len(older), report, overrides, swept))
+        sections.append(Section(sweep, len(older), report, overrides, swept, analysis.choices))
 
     images = args.out.with_suffix("")
     shown = [shown_path(section.sweep.folder) for section in sections]
