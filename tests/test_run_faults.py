@@ -197,16 +197,20 @@ def test_resume_refuses_other_overrides_and_finished_runs(single_run: Path) -> N
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_its_test(
     single_run: Path, tmp_path: Path
 ) -> None:
-    """All epochs trained, but no test and no record yet: resume tests it and records it."""
+    """All epochs trained and checkpointed, then killed before its test: its folder holds the
+    last checkpoint and a record still ``running``. Resuming trains nothing, tests the
+    checkpoint, and records the run: the same test accuracy as the run that was not killed."""
     run_dir = tmp_path / "run"
     shutil.copytree(single_run, run_dir)
+    finished = read_metrics(run_dir)
+    history = finished["metrics"]["val_history"]
+    write_metrics(run_dir, finished | {"status": "running", "metrics": {"val_history": history}})
+    result = run_train([f"resume={run_dir}"])
     record = read_metrics(run_dir)
-    write_metrics(run_dir, record | {"status": "running", "metrics": {}})
-    resumed, checkpoint = resumed_config(
-        compose_config(f"resume={run_dir}", hydra_node=False), [f"resume={run_dir}"]
-    )
-    assert checkpoint == run_dir / "checkpoints" / "last.ckpt"
-    assert resumed.trainer.max_epochs == 3  # the same experiment
+    assert record["status"] == "completed", result.stderr[-2000:]
+    assert record["metrics"]["test_acc"] == finished["metrics"]["test_acc"]
+    assert [h["epoch"] for h in record["metrics"]["val_history"]] == [1, 2, 3]
+    assert "test accuracy" in result.stdout + result.stderr
 
 
 def test_resume_trains_a_finished_run_longer(single_run: Path, tmp_path: Path) -> None:
