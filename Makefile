@@ -38,10 +38,10 @@ eval: $(INSTALLED)  ## test accuracy of a checkpoint: make eval CKPT=logs/runs/.
 
 .PHONY: bench bench-sweep
 bench: $(INSTALLED)  ## epoch times against a plain PyTorch loop and a torchvision DataLoader
-	$(PY) scripts/bench.py --out logs/bench $(BENCH_ARGS)
+	$(PY) scripts/bench_epoch.py --out logs/bench $(BENCH_ARGS)
 
 bench-sweep: $(INSTALLED)  ## the 18-run ablation batched against the basic launcher, side by side
-	$(PY) scripts/bench.py --sweep --out logs/bench-sweep $(BENCH_ARGS)
+	$(PY) scripts/bench_sweep.py --out logs/bench-sweep $(BENCH_ARGS)
 
 # The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
 NEWEST_SWEEP = $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check (issues 4 and 12), in one go on a CUDA machine without network:
+# The GPU check, in one go on a CUDA machine without network:
 #   1. installs what the machine lacks of hydra-core, omegaconf, antlr4, the joblib launcher,
 #      pytest (with xdist and timeout) and matplotlib from the carried wheels in .whl/,
 #   2. unpacks MNIST from .whl/mnist-raw.tar.gz where data/MNIST/raw is missing (nothing is
 #      downloaded; make the archive with: tar -C data -czf .whl/mnist-raw.tar.gz MNIST/raw),
 #   3. runs the GPU-marked tests (pytest -m gpu): CUDA graphs against eager steps among them,
 #   4. runs one default training run on the GPU (CUDA graphs: module.cuda_graphs=auto),
-#   5. runs the CUDA-graphs benchmark (scripts/bench.py --device cuda --graphs): eager and
+#   5. runs the CUDA-graphs benchmark (scripts/bench_graphs.py; --cpu: the epoch benchmark,
+#      scripts/bench_epoch.py, as there are no CUDA graphs on a CPU): eager and
 #      graphed steps side by side, a graphed plain-PyTorch floor beside the eager one, the
 #      18-member ablation group and the commands of `make sweep`,
 #   6. prints a short table.
@@ -41,8 +42,9 @@ if [[ $mode == cuda ]]; then
   accelerator=gpu
   data_args=("data.dir=$DATA" "data.online=false")
   train_args=()
-  bench_args=(--device cuda --graphs --repeats 2 --warmup 1)
-  # The wheels of what this machine's Python cannot import (import name, wheel name).
+  bench=scripts/bench_graphs.py
+  bench_args=(--device cuda --repeats 2 --warmup 1)
+  # The wheels of the modules that the machine's Python lacks (import name, wheel name).
   wheels=()
   while read -r module wheel; do
     "$PYTHON" -c "import $module" 2>/dev/null || wheels+=(.whl/"$wheel"-*.whl)
@@ -84,6 +86,7 @@ else  # the tiny dry run: val_size fits the tests' small data sets too
   accelerator=cpu
   data_args=("data.dir=$DATA" "data.online=false" "data.val_size=100")
   train_args=(threads=1)
+  bench=scripts/bench_epoch.py
   bench_args=(--device cpu --threads 1 --repeats 1 --warmup 0 --batch-sizes 512 --models default)
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
@@ -115,7 +118,7 @@ run_step gpu_tests timeout 200 "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cachep
 run_step train timeout 150 "$PYTHON" -m slowlearn.train "${data_args[@]}" "${train_args[@]}" \
   "trainer.max_epochs=$epochs" "trainer.accelerator=$accelerator" "hydra.run.dir=$OUT/train" \
   "+trainer.enable_progress_bar=false"
-run_step bench timeout 330 "$PYTHON" scripts/bench.py "${bench_args[@]}" \
+run_step bench timeout 330 "$PYTHON" "$bench" "${bench_args[@]}" \
   "${extra_bench_args[@]}" --out "$OUT/bench" "${data_args[@]}"
 
 {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,6 +124,15 @@ def run_train(
     return result
 
 
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists, while ``process`` runs; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the process ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout:.0f} s"
+        time.sleep(0.02)
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent for p in sweep_dir.rglob("metrics.json"))
 
@@ -169,12 +179,23 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name
     return tmp_path_factory.getbasetemp().parent / name
 
 
+BUILD_TIMEOUT = 600  # seconds a worker waits for another's build of a shared folder
+
+
 def built_once(folder: Path, build: Callable[[Path], None]) -> Path:
-    """``build(folder)`` by the first worker that asks; the others wait for it and reuse it."""
-    with FileLock(str(folder) + ".lock"):
+    """``build(folder)`` by the first worker that asks; the others wait for it and reuse it.
+    A failed build leaves ``.failed`` with its error, which every later asker raises."""
+    with FileLock(str(folder) + ".lock", timeout=BUILD_TIMEOUT):
+        failed = folder / ".failed"
+        if failed.exists():
+            raise AssertionError(f"building {folder} failed:\n{failed.read_text()}")
         if not (folder / ".built").exists():
             folder.mkdir(parents=True, exist_ok=True)
-            build(folder)
+            try:
+                build(folder)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}"[-4000:])
+                raise
             (folder / ".built").touch()
     return folder
 

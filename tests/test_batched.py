@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from tests.conftest import (
     read_scalars,
     run_train,
     runs_by_name,
+    wait_for_file,
 )
 
 
@@ -303,9 +303,7 @@ def test_killed_members_resume_to_the_result_of_an_uninterrupted_sweep(
     process = start_sweep([*sweep, *args])
     member = tmp_path / "killed" / "softmax+nll" / "seed0"
     checkpoint = member / "checkpoints" / "last.ckpt"
-    while not checkpoint.exists():
-        assert process.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.02)
+    wait_for_file(checkpoint, process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert read_metrics(member)["status"] == "running"
@@ -325,9 +323,7 @@ def test_ctrl_c_records_every_member_interrupted(tiny_data: Path, tmp_path: Path
     args = ["seed=0,1,2", "hydra/launcher=batched", f"data.dir={tiny_data}", *TINY_ARGS]
     process = start_sweep([*args, "trainer.max_epochs=50", f"hydra.sweep.dir={tmp_path}"])
     checkpoint = tmp_path / "softmax+nll" / "seed0" / "checkpoints" / "last.ckpt"
-    while not checkpoint.exists():
-        assert process.poll() is None, "the sweep ended before it could be interrupted"
-        time.sleep(0.02)
+    wait_for_file(checkpoint, process)
     process.send_signal(signal.SIGINT)
     stdout, _ = process.communicate(timeout=60)
     assert process.returncode != 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import torch
 import torchvision
 
 from slowlearn.data import DeviceBatches, EpochPermutation, ImageDataModule
-from slowlearn.prepare import DataError, idx_bytes, idx_path, load_split, nielsen_pickle_to_idx
+from slowlearn.prepare import (
+    DataError,
+    idx_bytes,
+    idx_path,
+    load_split,
+    nielsen_pickle_to_idx,
+    prepare,
+)
 from slowlearn.records import write_atomically
 from tests.conftest import learnable_digits
 
@@ -110,3 +118,32 @@ def test_datamodule_splits_train_and_val_and_serves_test(tiny_data: Path) -> Non
     tail.setup("fit")
     _, all_labels = load_split(tiny_data, "mnist", "train")
     assert torch.equal(tail.tensors["val"][1], torch.from_numpy(all_labels[-100:].astype(np.int64)))
+
+
+def test_fashion_mnist_takes_the_debian_route_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made-up Fashion-MNIST as Debian's dataset-fashion-mnist lays it out (gzipped IDX files,
+    found through dpkg -L), with a stand-in dpkg on PATH."""
+    package = tmp_path / "usr" / "share" / "fashion-mnist"
+    package.mkdir(parents=True)
+    for prefix, count in (("train", 60000), ("t10k", 10000)):
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        images = (labels[:, None, None] * np.ones((1, 28, 28), np.uint8)).astype(np.uint8)
+        for kind, array, dims in (("images", images, 3), ("labels", labels, 1)):
+            data = gzip.compress(idx_bytes(array), compresslevel=1)
+            (package / f"{prefix}-{kind}-idx{dims}-ubyte.gz").write_bytes(data)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dpkg = bin_dir / "dpkg"
+    listing = "\n".join(str(p) for p in sorted(package.iterdir()))
+    dpkg.write_text(
+        f'#!/bin/sh\n[ "$*" = "-L dataset-fashion-mnist" ] || exit 1\necho "{listing}"\n'
+    )
+    dpkg.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    root = tmp_path / "data"
+    assert prepare(root, "fashion_mnist", online=False).startswith("offline: Debian's")
+    images, labels = load_split(root, "fashion_mnist", "train")
+    assert images.shape == (60000, 28, 28) and list(labels[:3]) == [0, 1, 2]
+    assert int(images[7, 0, 0]) == 7

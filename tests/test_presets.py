@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 from slowlearn.checks import ConfigError, check_config
 from slowlearn.groups import build_module, form_groups, member_differences
 from slowlearn.model import DMLP
-from slowlearn.naming import run_name
+from slowlearn.naming import run_name, settings_of_keys
 from slowlearn.records import read_metrics, run_settings
 from slowlearn.report import make_report
 from tests.conftest import (
+    REPO,
     TINY_ARGS,
     built_once,
     compose_config,
@@ -130,6 +131,33 @@ def test_a_run_is_named_by_the_lr_its_position_picks() -> None:
     name = run_name("sigmoid+mse", overrides, swept, {"optimizer.lr": 30.0})
     assert name == "sigmoid+mse/init-large/lr30/seed2"
     assert run_name("sigmoid+mse", overrides, swept, {"optimizer.lr": 0.03}).count("lr0.03/")
+
+
+# What each preset's sweep varies: the HPARAMS tab lists and checks these columns first.
+VARIED = {
+    "ablation": ["activation", "loss", "seed"],
+    "saturated": ["activation", "loss", "seed"],
+    "lr_fair": ["activation", "loss", "init", "lr", "seed"],
+    "long": ["activation", "loss", "init", "lr", "seed"],
+    "depth": ["activation", "loss", "init", "hidden_sizes", "lr", "seed", "depth"],
+    "optimizers": ["activation", "loss", "init", "optimizer", "lr", "seed"],
+    "output_saturation": ["activation", "loss", "output_init_scale", "lr", "seed"],
+    "nielsen": ["loss"],
+    "neuron": ["loss", "start"],
+}
+
+
+def test_every_preset_names_the_settings_its_sweep_varies() -> None:
+    presets = {path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml")}
+    assert presets == set(VARIED)
+    for preset, varied in VARIED.items():
+        swept = compose_config(f"experiment={preset}").hydra.sweeper.params
+        assert settings_of_keys(swept) == varied, preset
+    assert settings_of_keys(["data", "optimizer", "model.output_init_scale"]) == [
+        "output_init_scale",
+        "optimizer",
+        "dataset",
+    ]
 
 
 def test_fashion_mnist_composes_with_lr_fair() -> None:

@@ -87,16 +87,24 @@ def test_a_run_on_corrupt_data_fails_with_one_line_naming_the_file(tmp_path: Pat
     assert bad_file.read_bytes() == corrupted  # the user's file is kept
 
 
+# Each process marks that it is about to prepare; the one holding the lock fetches only once
+# both have: the other has then started its preparation while the lock is held.
 SLOW_FAKE_SOURCE = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import slowlearn.prepare as data
 from tests.conftest import learnable_digits
 
+calls = Path(sys.argv[2])
+
 def slow_source():
-    with open(sys.argv[2], "a") as calls:
-        calls.write("called\\n")
-    time.sleep(1.0)  # long enough for the other process to wait on the lock
+    with calls.open("a") as log:
+        log.write("called\\n")
+    deadline = time.monotonic() + 60
+    while len(list(calls.parent.glob("*.preparing"))) < 2:
+        assert time.monotonic() < deadline, "the other preparation never started"
+        time.sleep(0.02)
+    time.sleep(0.5)  # the other, past its mark, now waits on the lock
     arrays = {}
     for split, count in (("train", 600), ("test", 200)):
         images, labels = learnable_digits(count, seed=0)
@@ -104,6 +112,7 @@ def slow_source():
     return arrays
 
 data.OFFLINE_SOURCES["mnist"] = slow_source
+calls.with_name(f"{os.getpid()}.preparing").touch()
 print(data.prepare(sys.argv[1], "mnist", online=False))
 """
 

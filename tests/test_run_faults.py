@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
 from slowlearn.interrupts import StopAtNextBatch
@@ -25,6 +26,7 @@ from tests.conftest import (
     read_metrics,
     read_scalars,
     run_train,
+    wait_for_file,
 )
 
 BAD_VALUES = [
@@ -141,26 +143,40 @@ def start_training(args: list[str]) -> subprocess.Popen:
     )
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, "training ended before it could be interrupted"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
 LONG_ARGS = [*TINY_ARGS, "trainer.max_epochs=40", "data.batch_size=10"]
 
 
 def test_ctrl_c_ends_cleanly_as_interrupted(tiny_data: Path, tmp_path: Path) -> None:
     process = start_training([f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *LONG_ARGS])
-    wait_for(tmp_path / "checkpoints" / "last.ckpt", process)
+    wait_for_file(tmp_path / "checkpoints" / "last.ckpt", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0
+    assert process.returncode == 1, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("run interrupted")
     record = read_metrics(tmp_path)
     assert record["status"] == "interrupted"
     assert read_scalars(tmp_path)["val/acc"]  # flushed
+
+
+class Boom(pl.Callback):
+    """A bug in the middle of training, as a run meets it (a Hydra callback of the test run)."""
+
+    def on_train_start(self, *args: object) -> None:
+        raise RuntimeError("boom")
+
+
+def test_an_unexpected_error_is_one_line_and_error_log(tiny_data: Path, tmp_path: Path) -> None:
+    boom = "+callbacks.boom._target_=tests.test_run_faults.Boom"
+    result = run_train(
+        [f"data.dir={tiny_data}", f"hydra.run.dir={tmp_path}", *TINY_ARGS, boom], check=False
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "RuntimeError: boom" in last and str(tmp_path / "error.log") in last
+    assert "Traceback" not in result.stderr
+    log = (tmp_path / "error.log").read_text()
+    assert log.startswith("Traceback") and "in on_train_start" in log and "boom" in log
+    assert read_metrics(tmp_path)["status"] == "failed"
 
 
 def test_ctrl_c_waits_for_the_next_batch_and_a_second_one_does_not() -> None:
@@ -197,16 +213,20 @@ def test_resume_refuses_other_overrides_and_finished_runs(single_run: Path) -> N
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_its_test(
     single_run: Path, tmp_path: Path
 ) -> None:
-    """All epochs trained, but no test and no record yet: resume tests it and records it."""
+    """All epochs trained and checkpointed, then killed before its test: its folder holds the
+    last checkpoint and a record still ``running``. Resuming trains nothing, tests the
+    checkpoint, and records the run: the same test accuracy as the run that was not killed."""
     run_dir = tmp_path / "run"
     shutil.copytree(single_run, run_dir)
+    finished = read_metrics(run_dir)
+    history = finished["metrics"]["val_history"]
+    write_metrics(run_dir, finished | {"status": "running", "metrics": {"val_history": history}})
+    result = run_train([f"resume={run_dir}"])
     record = read_metrics(run_dir)
-    write_metrics(run_dir, record | {"status": "running", "metrics": {}})
-    resumed, checkpoint = resumed_config(
-        compose_config(f"resume={run_dir}", hydra_node=False), [f"resume={run_dir}"]
-    )
-    assert checkpoint == run_dir / "checkpoints" / "last.ckpt"
-    assert resumed.trainer.max_epochs == 3  # the same experiment
+    assert record["status"] == "completed", result.stderr[-2000:]
+    assert record["metrics"]["test_acc"] == finished["metrics"]["test_acc"]
+    assert [h["epoch"] for h in record["metrics"]["val_history"]] == [1, 2, 3]
+    assert "test accuracy" in result.stdout + result.stderr
 
 
 def test_resume_trains_a_finished_run_longer(single_run: Path, tmp_path: Path) -> None:

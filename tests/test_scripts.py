@@ -1,4 +1,5 @@
-"""scripts/gpu_check.sh's CPU dry run goes through every step of the GPU check."""
+"""scripts/gpu_check.sh's CPU dry run trains and benchmarks as the GPU check does (its GPU
+tests skip on a CPU); `make tensorboard` prints the URLs of its views."""
 
 from __future__ import annotations
 
@@ -32,10 +33,36 @@ def test_gpu_check_dry_run_on_the_cpu(tiny_data: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (tmp_path / "summary.md").read_text()
-    for step in ("gpu_tests", "train", "bench"):
+    for step in ("train", "bench"):
         assert f"| {step} | ok |" in summary
     assert "Training run: completed on cpu" in summary
     assert "| default | 512 | slowlearn |" in summary
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert set(report["results"][0]["summary"]) == {"floor", "slowlearn", "naive"}
     assert report["process"]["first_step_seconds"] < report["process"]["process_seconds"]
+
+
+def test_make_tensorboard_prints_the_urls_of_its_views(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "tensorboard"  # says how it was started instead of serving
+    fake.write_text('#!/bin/sh\necho "tensorboard $*"\n')
+    fake.chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: make installs nothing
+    result = subprocess.run(
+        ["make", "-s", "tensorboard", f"VENV={venv}", "RUN=logs/multiruns/x", "PORT=7007"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    url = "http://localhost:7007"
+    cell = "runColorGroup=regex:%5E(%5B%5E%2F%5D%2B)"
+    assert result.stdout.splitlines() == [
+        f"every run, one colour per cell:      {url}/?{cell}#timeseries",
+        f"the seed means alone (make report):  {url}/?{cell}&runFilter=%2Fmean%24#timeseries",
+        f"each mean with its min-max band:     {url}/#custom_scalars",
+        f"settings and results of every run:   {url}/#hparams",
+        "tensorboard --logdir logs/multiruns/x --port 7007",
+    ]

@@ -46,6 +46,10 @@ HPARAMS = {
     "seed",
     "depth",
 }
+# What the tiny sweep varies: the HPARAMS tab lists these first (by name) and checks the first
+# five columns, so they and the first two of the others open checked.
+VARIED = ["activation", "loss", "seed"]
+SHOWN_FIRST = [*VARIED, "batch_size", "dataset"]
 METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
 METRIC_TAGS = {f"hparams/{name}" for name in METRICS}
 CELLS = ("sigmoid+mse", "softmax+nll")
@@ -99,6 +103,8 @@ def test_hparams_and_their_metrics_are_in_the_event_files(sweep: Path) -> None:
         config = record["config"]
         assert set(start.hparams) == HPARAMS
         assert {info.name for info in experiment.hparam_infos} == HPARAMS
+        assert [info.name for info in experiment.hparam_infos if info.differs] == VARIED
+        assert record["config"]["varied_settings"] == VARIED
         assert start.hparams["activation"].string_value == config["activation"]["name"]
         assert start.hparams["loss"].string_value == config["loss"]["name"]
         assert start.hparams["seed"].number_value == config["seed"]
@@ -236,6 +242,10 @@ def test_a_tensorboard_server_serves_every_tab_of_the_sweep(sweep: Path, tmp_pat
             lambda answer: len(answer.get("metricInfos", [])) == len(METRIC_TAGS),
         )
         assert {info["name"] for info in experiment["hparamInfos"]} == HPARAMS
+        # Served varied first; the dashboard keeps that order and checks the first five.
+        infos = experiment["hparamInfos"]
+        assert [info["name"] for info in infos[:5]] == SHOWN_FIRST
+        assert {info["name"] for info in infos if info.get("differs")} == set(VARIED)
         assert {info["name"]["tag"] for info in experiment["metricInfos"]} == METRIC_TAGS
 
         columns = [{"hparam": name, "includeInResult": True} for name in sorted(HPARAMS)]

@@ -24,6 +24,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from slowlearn.records import RUN_SETTINGS
+
 CELL_KEYS = ("cell", "activation", "loss")  # the name's first part says them
 SHORT_NAMES = {
     "optimizer.lr": "lr",
@@ -38,6 +40,8 @@ SHORT_NAMES = {
 # A swept key that only picks another key's value from a table is named by that value: the
 # runs of experiment=long sweep lr_position (below, best, above) and are named lr0.3, lr1, ...
 NAMED_BY = {"lr_position": "optimizer.lr"}
+# Config groups whose choice sets settings of other names.
+GROUP_SETTINGS = {"cell": ("activation", "loss"), "data": ("dataset",)}
 
 
 def override_key(override: str) -> str:
@@ -115,12 +119,34 @@ def resolve_run_name(activation: str, loss: str, _root_: DictConfig | None = Non
     return run_name(cell, hydra.overrides.task, swept, resolved)
 
 
+def settings_of_keys(swept: Iterable[str]) -> list[str]:
+    """The run settings (records.RUN_SETTINGS, and depth) that swept keys set, in that order:
+    a key by its config key or setting name (``optimizer.lr``, ``optimizer``), a cell its
+    activation and loss, a key of NAMED_BY the key it picks, the hidden sizes also the depth."""
+    keys = set()
+    for key in swept:
+        keys.update(GROUP_SETTINGS.get(key, (NAMED_BY.get(key, key),)))
+    names = [name for name, key in RUN_SETTINGS.items() if name in keys or key in keys]
+    return [*names, "depth"] if "hidden_sizes" in names else names
+
+
+def resolve_varied_settings() -> list[str]:
+    """``${varied_settings:}``: the settings this job's sweep varies; none for a single run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    return settings_of_keys(swept_keys(str(HydraConfig.get().sweep.dir)))
+
+
 def if_set(value: str, when_set: str, otherwise: str) -> str:
     return when_set if value else otherwise
 
 
 def register_resolvers() -> None:
     """The resolvers the configs use; registered before Hydra composes them."""
-    for name, resolver in (("run_label", resolve_run_name), ("if_set", if_set)):
+    for name, resolver in (
+        ("run_label", resolve_run_name),
+        ("varied_settings", resolve_varied_settings),
+        ("if_set", if_set),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -132,13 +132,35 @@ def log_hparams(loggers: Iterable[Any], cfg: DictConfig, summary: Mapping[str, A
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     columns = dict.fromkeys(f"hparams/{name}" for name in HPARAM_METRICS)
+    experiment, *sessions = hparams_summaries(hparams(cfg), columns)
+    mark_varied(experiment, cfg.get("varied_settings") or [])
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_metrics(hparam_metrics(summary), step=0)
             # What Lightning's log_hyperparams writes, with every column declared.
             writer = logger.experiment._get_file_writer()
-            for summary_proto in hparams_summaries(hparams(cfg), columns):
+            for summary_proto in (experiment, *sessions):
                 writer.add_summary(summary_proto)
+
+
+def mark_varied(experiment: Any, varied: Iterable[str]) -> None:
+    """Marks the settings a sweep varies as ``differs`` in the experiment summary, and lists
+    them first: the HPARAMS tab orders its columns by that mark, then by name, and checks the
+    first five."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    varied = list(varied)
+    plugin_data = experiment.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(plugin_data.content)
+    infos = sorted(
+        content.experiment.hparam_infos,
+        key=lambda info: varied.index(info.name) if info.name in varied else len(varied),
+    )
+    for info in infos:
+        info.differs = info.name in varied
+    del content.experiment.hparam_infos[:]
+    content.experiment.hparam_infos.extend(infos)
+    plugin_data.content = content.SerializeToString()
 
 
 def write_metrics(output_dir: Path, record: Mapping[str, Any]) -> None:

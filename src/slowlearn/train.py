@@ -151,6 +151,7 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
     record = read_metrics(run_dir)
     # Its name as its sweep gave it (the name of a sweep's member depends on the sweep).
     resumed.run_name = record.get("run_name", resumed.get("run_name"))
+    resumed.varied_settings = record.get("config", {}).get("varied_settings", [])
     for override in changed:
         key = override_key(override)
         OmegaConf.update(resumed, key, OmegaConf.select(cfg, key))
