@@ -61,6 +61,11 @@ def make_executor(executor: str, folder: str | Path, settings: Mapping[str, Any]
         made.update_parameters(**{k: v for k, v in given.items() if k in LOCAL_KEYS})
     elif executor == "slurm":
         made = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_num_timeout)
+        # sbatch's names for AutoExecutor's (as hydra-submitit-launcher passes them)
+        if "timeout_min" in given:
+            given["time"] = given.pop("timeout_min")
+        if "mem_gb" in given:
+            given["mem"] = f"{given.pop('mem_gb')}GB"
         made.update_parameters(job_name=str(settings.get("name") or "slowlearn"), **given)
     else:
         raise ValueError(f"executor={executor!r}: one of {', '.join(EXECUTORS)}")
@@ -108,7 +113,11 @@ def submit_groups(
         tasks.append(GroupTask([[member_yaml(c) for c in g] for g in part], dict(env_sets[start])))
         parts.append([[Path(cfg.run_dir) for cfg in group] for group in part])
     folder = settings.get("submitit_folder") or sweep_dir / ".groups" / "%j"
-    jobs = make_executor(executor, folder, settings).map_array(_run, tasks)
+    made = make_executor(executor, folder, settings)
+    # One submission (on SLURM one array); each task is the job's callable itself, so that
+    # submitit finds its checkpoint().
+    with made.batch():
+        jobs = [made.submit(task) for task in tasks]
     log.info(f"Submitted {len(jobs)} {executor} job{'s' * (len(jobs) != 1)}: {jobs[0].job_id}...")
     write_groups_json(sweep_dir, jobs, parts)
     results: dict[Path, tuple[str, Any]] = {}
@@ -124,10 +133,6 @@ def submit_groups(
         for run_dir in (run_dir for group in part for run_dir in group):
             results[run_dir] = member_result(run_dir, died)
     return [[results[Path(cfg.run_dir)] for cfg in group] for group in groups]
-
-
-def _run(task: GroupTask) -> list[dict[str, Any]]:
-    return task()
 
 
 def member_result(run_dir: Path, died: str) -> tuple[str, Any]:

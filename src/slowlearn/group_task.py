@@ -74,6 +74,25 @@ def lightning_requeue_off(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, "trainer.plugins", [plugin], force_add=True)
 
 
+def resume_member(job: Any) -> None:
+    """``job`` continues from its last checkpoint, as ``resume=<its folder>`` would continue it
+    (``slowlearn.train.resumed_config``): what its TensorBoard run holds after that step is
+    hidden and trained again. Without a checkpoint yet it starts again, its events hidden."""
+    import torch
+
+    from slowlearn.checkpoints import LAST
+
+    checkpoint = job.run_dir / "checkpoints" / LAST
+    step = -1
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        job.checkpoint, step = checkpoint, saved["global_step"]
+    job.cfg.resume = str(job.run_dir)
+    for logger in job.cfg.get("logger", {}).values():
+        if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
+            logger.purge_step = step + 1
+
+
 # ------------------------------------------------------------------ preemption
 
 
@@ -132,23 +151,15 @@ class GroupTask:
     def jobs(self, members: list[str]) -> list[Any]:
         """The Jobs of the group's unfinished members (all of them for a new task)."""
         from slowlearn.records import read_metrics
-        from slowlearn.train import Job, prepare
+        from slowlearn.train import Job
 
         jobs = []
         for text in members:
-            cfg = OmegaConf.create(text)
-            run_dir = Path(cfg.run_dir)
-            status = read_metrics(run_dir).get("status") if self.resume else None
-            if status in FINAL:
-                continue
-            if self.resume and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                job = prepare(OmegaConf.create({"resume": str(run_dir)}), [f"resume={run_dir}"])
-            else:
-                job = Job(cfg)
-                if self.resume:  # stopped before its first checkpoint: from the start again
-                    for logger in job.cfg.get("logger", {}).values():
-                        if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
-                            logger.purge_step = 0
+            job = Job(OmegaConf.create(text))
+            if self.resume:
+                if read_metrics(job.run_dir).get("status") in FINAL:
+                    continue
+                resume_member(job)
             lightning_requeue_off(job.cfg)
             jobs.append(job)
         return jobs
