@@ -34,6 +34,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from slowlearn.checkpoints import LAST, MemberCheckpoints
 from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.group_resume import resume_path
 from slowlearn.groups import build_module
 from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.member_logs import Divergence
@@ -281,8 +282,8 @@ def train_and_test(
     status, errors = "completed", [""] * len(jobs)
     started = time.perf_counter()
     try:
-        with interrupts.installed():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=jobs[0].checkpoint)
+        with interrupts.installed(), resume_path(jobs, module) as checkpoint:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
             trainer.test(module, datamodule=datamodule, verbose=False)
     except Divergence:
         status = "diverged"  # every member: each one's own message is in its history
@@ -297,7 +298,9 @@ def train_and_test(
     members = zip(jobs, module.histories, module.member_loggers, errors, strict=True)
     for job, history, loggers, member_error in members:
         member_status = status
-        if history.diverged and status != "interrupted":
+        # A member that diverged before an interruption has its result: resuming it from its
+        # last finite checkpoint would only diverge again.
+        if history.diverged:
             member_status, member_error = "diverged", history.diverged
         extra = {"epoch_training_seconds": module.epoch_training_seconds}
         if module.trace and "test/output" in history.test_results:

@@ -81,12 +81,26 @@ class StartedJob:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: int = 64) -> None:
+    def __init__(self, max_members: int = 64, executor: str = "inprocess", **submitit: Any) -> None:
         if not isinstance(max_members, int) or max_members < 1:
             raise ValueError(
                 f"hydra.launcher.max_members={max_members!r} is not allowed: a positive integer"
             )
+        if executor not in ("inprocess", "local", "slurm"):
+            raise ValueError(
+                f"hydra.launcher.executor={executor!r} is not allowed: inprocess, local or slurm"
+            )
+        from slowlearn.group_submission import LAUNCHER_KEYS
+
+        unknown = sorted(set(submitit) - set(LAUNCHER_KEYS))
+        if unknown:
+            raise ValueError(
+                f"hydra.launcher.{unknown[0]} is not a setting of hydra/launcher=batched; "
+                f"valid: max_members, executor, {', '.join(LAUNCHER_KEYS)}"
+            )
         self.max_members = max_members
+        # Where groups train: here, or as submitit jobs (slowlearn.group_submission).
+        self.executor, self.submitit = executor, submitit
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None  # for the callbacks: groups train without
@@ -215,9 +229,39 @@ class BatchedLauncher(Launcher):
                 f"\tgroup {number}: {len(group)} member{'s' * (len(group) != 1)}, "
                 f"differing in {', '.join(differing)}"
             )
-        for group in groups:
-            self.train_group(group)
+        if self.executor == "inprocess":
+            for group in groups:
+                self.train_group(group)
+        elif groups:
+            self.submit_groups(groups)
         return [s.result for s in started]
+
+    def submit_groups(self, groups: list[list[StartedJob]]) -> None:
+        """The groups as submitit jobs; each member's JobReturn from its record."""
+        from slowlearn.group_submission import submit_groups
+
+        assert self.config is not None
+        results = submit_groups(
+            [[s.job.cfg for s in group] for group in groups],
+            [dict(group[0].config.hydra.job.env_set) for group in groups],
+            self.executor,
+            self.submitit,
+            Path(str(self.config.hydra.sweep.dir)),
+        )
+        for group, members in zip(groups, results, strict=True):
+            for s, (status, value) in zip(group, members, strict=True):
+                self.end_member(s, status, value)
+
+    def end_member(self, started: StartedJob, status: str, value: Any) -> None:
+        """A trained member's JobReturn: a diverged one is a result, as with the basic
+        launcher (it ends normally, not tested)."""
+        if status == "completed":
+            self.end_job(started, JobStatus.COMPLETED, value)
+        elif status == "diverged":
+            log.info(f"run diverged: {value} ({started.output_dir})")
+            self.end_job(started, JobStatus.COMPLETED, None)
+        else:
+            self.end_job(started, JobStatus.FAILED, RuntimeError(f"run {status}: {value}"))
 
     def refuse_shared_folders(self, started: list[StartedJob]) -> None:
         """Two jobs whose names came out the same (two swept values with one label) would
@@ -240,20 +284,20 @@ class BatchedLauncher(Launcher):
 
     def train_group(self, group: list[StartedJob]) -> None:
         """Train one group and end each of its jobs with its own outcome."""
-        from slowlearn.train import available_cores, failure_message, train_and_test, write_record
+        from slowlearn.group_task import run_group
+        from slowlearn.train import available_cores, failure_message
 
         jobs = [s.job for s in group]
         try:
             # The jobs' environment (hydra.job.env_set), equal in a group, while it trains.
             with env_override(group[0].config.hydra.job.env_set):
-                outcomes = train_and_test(jobs, available_cores(), in_sweep=True)
+                outcomes = run_group(jobs, available_cores())
         except Exception as error:  # noqa: BLE001 - the group fails, the sweep goes on
             for s in group:
                 self.fail_job(s, error)
             return
         interrupted = False
         for s, outcome in zip(group, outcomes, strict=True):
-            write_record(s.job, outcome)
             if outcome.status == "completed":
                 self.end_job(s, JobStatus.COMPLETED, outcome.metrics["test_acc"])
             elif outcome.status == "diverged":

@@ -1,0 +1,213 @@
+"""hydra/launcher=batched with hydra.launcher.executor=local or slurm: each group a submitit
+job, the whole sweep one submission; a member's result as in-process, a dead job's members
+failed with its log, a preempted job requeued and its members resumed to the uninterrupted
+result. SLURM itself is not here: its sbatch script is generated and read."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from slowlearn.group_submission import make_executor
+from tests.conftest import (
+    REPO,
+    TINY_ARGS,
+    compose_config,
+    env,
+    read_metrics,
+    read_scalars,
+    run_train,
+    runs_by_name,
+)
+from tests.test_batched import train_jobs
+
+
+def tiny(*swept: str) -> list[str]:
+    """TINY_ARGS without the keys that a test sweeps (a later override would win)."""
+    return [a for a in TINY_ARGS if a.split("=", 1)[0].lstrip("+") not in swept]
+
+
+TIMES = ("wall_seconds", "seconds", "epoch_seconds", "epoch_training_seconds")
+
+
+def without_times(record: dict) -> dict:
+    """A record's metrics without what depends on the clock."""
+    metrics = {k: v for k, v in record.get("metrics", {}).items() if k not in TIMES}
+    return {"status": record["status"], **metrics}
+
+
+def assert_close(found: dict, expected: dict) -> None:
+    assert found.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert found[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+        elif key == "val_history":
+            for got, want in zip(found[key], value, strict=True):
+                assert got == pytest.approx(want, abs=1e-6), key
+        else:
+            assert found[key] == value, key
+
+
+def start_sweep(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slowlearn.train", "-m", *args, "threads=1"],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen) -> None:
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+
+
+def task_process(sweep_dir: Path, member: Path, process: subprocess.Popen) -> int:
+    """The pid of the process that trains ``member``: the child of its local job's controller
+    (a local job's id is its controller's pid)."""
+    groups = sweep_dir / ".groups" / "groups.json"
+    wait_for(groups, process)
+    (job,) = [g for g in json.loads(groups.read_text())["groups"] if str(member) in g["members"]]
+    controller = job["job_id"]
+    children = Path(f"/proc/{controller}/task/{controller}/children")
+    while not children.read_text().split():
+        time.sleep(0.05)
+    return int(children.read_text().split()[0])
+
+
+def test_local_jobs_give_the_in_process_sweeps_results(tiny_data: Path, tmp_path: Path) -> None:
+    """Two groups (two architectures), each with a member that trains and one that diverges
+    at step 1; two jobs with a bad lr fail at their checks, before submission."""
+    sweep = [
+        "-m",
+        "model.hidden_sizes=[16],[32]",
+        "optimizer.lr=0.1,1e30,-1",
+        "cell=sigmoid_bce",
+        "hydra/launcher=batched",
+        f"data.dir={tiny_data}",
+        *tiny("model.hidden_sizes"),
+    ]
+    inprocess = run_train([*sweep, f"hydra.sweep.dir={tmp_path / 'in'}"], check=False)
+    local = run_train(
+        [*sweep, "hydra.launcher.executor=local", f"hydra.sweep.dir={tmp_path / 'local'}"],
+        check=False,
+    )
+    # Hydra's sweep ends with the failed jobs' error, either way.
+    assert local.returncode == inprocess.returncode != 0, local.stderr[-3000:]
+    assert "6 runs: 2 completed, 2 diverged, 2 failed" in local.stdout
+    expected = {name: read_metrics(p) for name, p in runs_by_name(tmp_path / "in").items()}
+    found = {name: read_metrics(p) for name, p in runs_by_name(tmp_path / "local").items()}
+    assert found.keys() == expected.keys() and len(found) == 6
+    for name, record in expected.items():
+        assert_close(without_times(found[name]), without_times(record))
+    statuses = sorted((name.rsplit("/", 1)[-1], r["status"]) for name, r in found.items())
+    assert (
+        statuses
+        == [("lr-1", "failed")] * 2 + [("lr0.1", "completed")] * 2 + [("lr1e+30", "diverged")] * 2
+    )
+    groups = json.loads((tmp_path / "local" / ".groups" / "groups.json").read_text())["groups"]
+    assert [len(g["members"]) for g in groups] == [2, 2]
+    assert len({g["job_id"] for g in groups}) == 2  # one submitit job per group
+    assert all(Path(g["stdout"]).is_file() for g in groups)
+
+
+def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path) -> None:
+    """Two groups (1 and 60 epochs); the long one's process is killed after its first epoch."""
+    args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
+    sweep = ["trainer.max_epochs=1,60", "hydra/launcher=batched", "hydra.launcher.executor=local"]
+    process = start_sweep([*sweep, *args, f"hydra.sweep.dir={tmp_path}"])
+    long_member = tmp_path / "softmax+nll" / "epochs60"
+    pid = task_process(tmp_path, long_member, process)
+    wait_for(long_member / "checkpoints" / "last.ckpt", process)
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    _, stderr = process.communicate(timeout=300)
+    killed, other = read_metrics(long_member), read_metrics(tmp_path / "softmax+nll/epochs1")
+    assert other["status"] == "completed", stderr[-3000:]
+    assert killed["status"] == "failed"
+    assert "ended without a result" in killed["error"] and "_log.err" in killed["error"]
+    assert killed["config"]["trainer"]["max_epochs"] == 60  # the running record, kept
+
+
+def test_a_preempted_group_is_requeued_and_resumes_to_the_uninterrupted_result(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """submitit's preemption signal (SIGUSR2) after the first epoch: the group stops at its
+    next batch, is requeued, and each member resumes from its own last checkpoint."""
+    args = [f"data.dir={tiny_data}", *TINY_ARGS, "trainer.max_epochs=6", "data.batch_size=10"]
+    cfgs = [compose_config(*args, f"seed={seed}", hydra_node=False) for seed in (0, 1)]
+    straight, _ = train_jobs(cfgs, tmp_path / "straight")  # the same group, uninterrupted
+    sweep_dir = tmp_path / "sweep"
+    sweep = ["seed=0,1", "hydra/launcher=batched", "hydra.launcher.executor=local"]
+    process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
+    member = sweep_dir / "softmax+nll" / "seed0"
+    pid = task_process(sweep_dir, member, process)
+    wait_for(member / "checkpoints" / "last.ckpt", process)
+    subprocess.run(["kill", f"-{signal.Signals.SIGUSR2.name}", str(pid)], check=True)
+    stdout, stderr = process.communicate(timeout=300)
+    assert "2 runs: 2 completed" in stdout, stderr[-3000:]
+    (group,) = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
+    logs = Path(group["stdout"]).read_text() + Path(group["stderr"]).read_text()
+    assert "Requeued job" in logs
+    for seed, outcome in enumerate(straight):
+        run_dir = sweep_dir / "softmax+nll" / f"seed{seed}"
+        resumed = read_metrics(run_dir)
+        assert resumed["status"] == "completed"
+        assert [h["epoch"] for h in resumed["metrics"]["val_history"]] == list(range(1, 7))
+        expected = {"status": "completed", "metrics": outcome.metrics}
+        assert_close(without_times(resumed), without_times(expected))
+        steps = [step for step, _ in read_scalars(run_dir)["val/acc"]]
+        assert steps == sorted(set(steps)) and len(steps) == 6
+
+
+def test_the_slurm_script_is_one_array_with_the_signal_and_resources(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    submitit = pytest.importorskip("submitit")
+    cfg = compose_config(
+        "hydra/launcher=batched_slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=lab",
+        "hydra.launcher.array_parallelism=2",
+        "hydra.launcher.signal_delay_s=90",
+        "hydra.launcher.timeout_min=30",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    launcher = instantiate(cfg.hydra.launcher)
+    assert launcher.executor == "slurm"
+
+    class Submitted(Exception):
+        """Raised instead of calling sbatch, carrying the script."""
+
+    def submit(executor: object, command: str) -> None:
+        raise Submitted(executor._make_submission_file_text(command, "uid"))
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))  # "srun"
+    monkeypatch.setattr(submitit.SlurmExecutor, "_submit_command", submit)
+    folder = launcher.submitit["submitit_folder"]
+    assert folder == f"{tmp_path}/.groups/%j"
+    executor = make_executor("slurm", folder, launcher.submitit)
+    with pytest.raises(Submitted) as submitted:
+        executor.map_array(print, ["group 1", "group 2", "group 3"])
+    script = submitted.value.args[0]
+    for line in (
+        "--array=0-2%2",  # three groups, two at once
+        "--signal=USR2@90",
+        "--time=30",
+        "--partition=gpu",
+        "--account=lab",
+        "--gpus-per-node=1",
+        "--cpus-per-task=4",
+        "--mem=16GB",
+    ):
+        assert f"#SBATCH {line}\n" in script, script
+    assert f"#SBATCH --output={tmp_path}/.groups/%A_%a/%A_%a_0_log.out\n" in script
