@@ -17,7 +17,7 @@ PORT        ?= 6006
 DATASET     ?= mnist
 CKPT        ?=
 
-.PHONY: install data train eval tensorboard test lint clean delete-data-and-logs
+.PHONY: install data train eval tensorboard test test-slow lint clean delete-data-and-logs
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -83,6 +83,9 @@ lint: $(INSTALLED)
 
 test: lint
 	$(VENV)/bin/pytest
+
+test-slow: $(INSTALLED)  ## the slow tests: submitit jobs, each a process of its own (CI runs them)
+	$(VENV)/bin/pytest -m slow -n 0
 
 delete-data-and-logs:  ## deletes datasets, every run, sweep and checkpoint; asks unless FORCE=1
 	@if [ "$(FORCE)" != 1 ]; then \

@@ -85,6 +85,7 @@ def task_process(sweep_dir: Path, member: Path, process: subprocess.Popen) -> in
     return int(children.read_text().split()[0])
 
 
+@pytest.mark.slow
 def test_local_jobs_give_the_in_process_sweeps_results(tiny_data: Path, tmp_path: Path) -> None:
     """Two groups (two architectures), each with a member that trains and one that diverges
     at step 1; two jobs with a bad lr fail at their checks, before submission."""
@@ -121,6 +122,7 @@ def test_local_jobs_give_the_in_process_sweeps_results(tiny_data: Path, tmp_path
     assert all(Path(g["stdout"]).is_file() for g in groups)
 
 
+@pytest.mark.slow
 def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path) -> None:
     """Two groups (1 and 60 epochs); the long one's process is killed after its first epoch."""
     args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
@@ -138,6 +140,7 @@ def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path
     assert killed["config"]["trainer"]["max_epochs"] == 60  # the running record, kept
 
 
+@pytest.mark.slow
 def test_a_preempted_group_is_requeued_and_resumes_to_the_uninterrupted_result(
     tiny_data: Path, tmp_path: Path
 ) -> None:
