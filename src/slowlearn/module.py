@@ -31,9 +31,9 @@ from torch import Tensor
 
 from slowlearn import diagnostics
 from slowlearn.checkpoints import member_checkpoint, stack_checkpoint
-from slowlearn.checks import ConfigError
 from slowlearn.cuda_graphs import ChunkGraphs
 from slowlearn.data import Chunk
+from slowlearn.errors import ConfigError
 from slowlearn.losses import ACTIVATIONS, Objective, objective, targets_like
 from slowlearn.member_logs import MemberHistory, MemberLogs, Transfer
 from slowlearn.model import MemberStack

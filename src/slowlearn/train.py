@@ -33,7 +33,8 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 
 from slowlearn.checkpoints import LAST, MemberCheckpoints
-from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.checks import check_config, unknown_group_option
+from slowlearn.errors import ConfigError
 from slowlearn.groups import build_module
 from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.member_logs import Divergence

@@ -106,7 +106,7 @@ class BatchedLauncher(Launcher):
         folder, its .hydra/ files, its log file and the on_job_start callbacks, with this job's
         Hydra config set; then slowlearn's checks, which resolve the job's config (its paths
         and name) while that Hydra config is still set."""
-        from slowlearn.checks import ConfigError
+        from slowlearn.errors import ConfigError
         from slowlearn.train import prepare
 
         previous = HydraConfig.instance().cfg
@@ -222,7 +222,7 @@ class BatchedLauncher(Launcher):
     def refuse_shared_folders(self, started: list[StartedJob]) -> None:
         """Two jobs whose names came out the same (two swept values with one label) would
         write one folder: the later ones fail, before anything trains."""
-        from slowlearn.checks import ConfigError
+        from slowlearn.errors import ConfigError
 
         first: dict[Path, int] = {}
         for index, job in enumerate(started):
