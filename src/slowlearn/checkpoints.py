@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 import torch
 
+from slowlearn.internals import dump_checkpoint
 from slowlearn.model import MemberStack, stacked_layout
 from slowlearn.optimizers import MemberOptimizer, stack_optimizer_states
 from slowlearn.records import write_atomically
@@ -99,7 +100,7 @@ class MemberCheckpoints(pl.Callback):
         self.seconds += time.perf_counter() - started
 
     def write(self, trainer: pl.Trainer, module: LitClassifier) -> None:
-        group: dict[str, Any] = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        group: dict[str, Any] = dump_checkpoint(trainer)
         for member, folder in enumerate(self.folders):
             history = module.histories[member]
             if history.diverged or not history.val_history:

@@ -25,6 +25,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from slowlearn import diagnostics
+from slowlearn.internals import tensorboard_writer
 
 
 class Divergence(RuntimeError):
@@ -95,7 +96,7 @@ def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
         return
     values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
     event = Event(step=step, wall_time=time.time(), summary=Summary(value=values))
-    logger.experiment._get_file_writer().add_event(event)
+    tensorboard_writer(logger).add_event(event)
 
 
 class MemberLogs:

@@ -34,6 +34,7 @@ from slowlearn.checkpoints import member_checkpoint, stack_checkpoint
 from slowlearn.cuda_graphs import ChunkGraphs
 from slowlearn.data import Chunk
 from slowlearn.errors import ConfigError
+from slowlearn.internals import count_optimizer_steps
 from slowlearn.losses import ACTIVATIONS, Objective, objective, targets_like
 from slowlearn.member_logs import MemberHistory, MemberLogs, Transfer
 from slowlearn.model import MemberStack
@@ -204,8 +205,7 @@ class LitClassifier(pl.LightningModule):
                 f"(module.cuda_graphs={self.cuda_graphs}); or set module.cuda_graphs=false"
             )
         # Lightning counts global_step in Python at each optimizer step; a replay does not.
-        steps = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        return ChunkGraphs(self.take_steps, self.logs.records, steps.increment_by)
+        return ChunkGraphs(self.take_steps, self.logs.records, count_optimizer_steps(self.trainer))
 
     def on_train_start(self) -> None:
         if self.global_step == 0:
