@@ -128,7 +128,6 @@ class LitClassifier(pl.LightningModule):
         self.seconds = {"training": 0.0, "evaluation": 0.0}
         self.epoch_started = self.evaluation_started = 0.0
         self.eval_sums: dict[str, Tensor] = {}
-        self.alive: Tensor  # the optimizer's mask of members still training (configure_optimizers)
         # A single run has no other members to protect: its divergence ends it (at the next
         # flush), so it skips the freezing masks.
         self.freeze = len(self.members) > 1
@@ -231,22 +230,22 @@ class LitClassifier(pl.LightningModule):
         replays the update itself (Lightning's optimizer wrapper counts steps in Python)."""
         optimizer = self.optimizers().optimizer if captured else self.optimizers()
         records = self.logs.records
+        freeze = self.optimizers().optimizer.freeze  # the mask's owner
         step_losses = []
         for offset, (x, y) in enumerate(batch):
             diagnose = offset in diagnosed and not y.is_floating_point()
             logits, hidden = self.network(
                 x,
                 keep_hidden=diagnose and self.sigmoid_hidden,
-                training=self.alive if self.freeze else None,
+                training=freeze.training,
             )
             if diagnose:
                 logits.retain_grad()
             targets = targets_like(logits.detach(), y)  # one-hot rows, once for every cell
             losses = self.member_losses(logits, targets)
-            if self.freeze:
-                # Freeze a member whose loss is not finite, from this step on: the backward
-                # pass and the update select its gradient away (on the device, no host sync).
-                self.alive.logical_and_(torch.isfinite(losses.detach()))
+            # Freeze a member whose loss is not finite, from this step on: the backward pass
+            # and the update select its gradient away (on the device, no host sync).
+            freeze.stop_diverged(losses)
             optimizer.zero_grad(set_to_none=True)
             if self.plain_backward:
                 losses.sum().backward()
@@ -470,5 +469,4 @@ class LitClassifier(pl.LightningModule):
             freeze=self.freeze,
             **self.optimizer_settings,
         )
-        self.alive = optimizer.alive  # the mask that training_step clears and step() reads
         return optimizer
