@@ -299,13 +299,13 @@ def train_and_test(
         member_status = status
         if history.diverged and status != "interrupted":
             member_status, member_error = "diverged", history.diverged
-        extra = {"epoch_training_seconds": module.epoch_training_seconds}
+        extra = {"epoch_training_seconds": module.timer.epoch_training_seconds}
         if module.trace and "test/output" in history.test_results:
             extra["final_output"] = history.test_results["test/output"]
         metrics = summarise(
             history.val_history,
             history.test_results,
-            module.epoch_seconds,
+            module.timer.epoch_seconds,
             history.last_logged_loss,
             extra,
         )
@@ -314,7 +314,7 @@ def train_and_test(
             # Where the group's time went (a member of a group shares its group's).
             "seconds": {
                 "data": getattr(datamodule, "seconds", 0.0),
-                **module.seconds,
+                **module.timer.seconds,
                 "checkpoints": checkpoints.seconds,
             },
             "data_source": getattr(datamodule, "source", ""),
