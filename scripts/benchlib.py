@@ -81,7 +81,7 @@ class PlainLoop:
         from hydra.utils import instantiate
 
         from slowlearn.losses import objective
-        from slowlearn.module import log_base_value
+        from slowlearn.step import log_base_value
 
         torch.manual_seed(cfg.seed)
         self.device, self.batches = device, batches

@@ -134,8 +134,8 @@ def test_each_member_steps_with_its_own_lr_as_torch_optim_would_alone(
         plains.append((plain, rule.rule(plain.parameters(), lr=lr, **settings)))
     x, y = torch.rand(200, 3, 8, 784), torch.randint(0, 10, (200, 3, 8))
     for step in range(200):
-        logits, _ = module.network(x[step], training=ours.alive)
-        losses = module.member_losses(logits, torch.nn.functional.one_hot(y[step], 10).float())
+        logits, _ = module.network(x[step], training=ours.freeze.training)
+        losses = module.step.member_losses(logits, torch.nn.functional.one_hot(y[step], 10).float())
         ours.zero_grad()
         losses.sum().backward()  # the sum of the batch means: each member's gradient its own
         for member, (plain, torch_optimizer) in enumerate(plains):
@@ -163,8 +163,8 @@ def test_the_group_loss_is_the_sum_of_the_members_batch_means() -> None:
     group, alone = build_module(cfgs), build_module(cfgs[1:2])
     x, y = torch.rand(3, 8, 784), torch.randint(0, 10, (3, 8))
     targets = torch.nn.functional.one_hot(y, 10).float()
-    group.member_losses(group.network(x)[0], targets).sum().backward()
-    alone.member_losses(alone.network(x[1:2])[0], targets[1:2]).sum().backward()
+    group.step.member_losses(group.network(x)[0], targets).sum().backward()
+    alone.step.member_losses(alone.network(x[1:2])[0], targets[1:2]).sum().backward()
     for ours, theirs in zip(group.network.stacked, alone.network.stacked, strict=True):
         torch.testing.assert_close(ours.grad[1], theirs.grad[0])
 
@@ -182,12 +182,12 @@ def test_a_frozen_member_keeps_its_weights_and_the_others_go_on() -> None:
     with torch.no_grad():  # member 1's weights blew up: its logits and loss are not finite
         stacked[-1][1, 0] = float("inf")
     before = [p.detach().clone() for p in stacked]
-    logits, _ = module.network(x, training=optimizer.alive)
-    losses = module.member_losses(logits, torch.nn.functional.one_hot(y, 10).float())
-    optimizer.alive.logical_and_(torch.isfinite(losses.detach()))  # as training_step does
+    logits, _ = module.network(x, training=optimizer.freeze.training)
+    losses = module.step.member_losses(logits, torch.nn.functional.one_hot(y, 10).float())
+    optimizer.freeze.stop_diverged(losses)  # as the step does
     losses.sum().backward()
     optimizer.step()
-    assert optimizer.alive.tolist() == [True, False]
+    assert optimizer.freeze.alive.tolist() == [True, False]
     for p, old in zip(stacked, before, strict=True):
         assert torch.equal(p[1], old[1])  # frozen at its last finite values
         assert not torch.equal(p[0], old[0])  # member 0 stepped

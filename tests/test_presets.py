@@ -12,7 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from slowlearn.checks import ConfigError, check_config
+from slowlearn.checks import check_config
+from slowlearn.errors import ConfigError
 from slowlearn.groups import build_module, form_groups, member_differences
 from slowlearn.model import DMLP
 from slowlearn.naming import run_name, settings_of_keys

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.checks import check_config, unknown_group_option
+from slowlearn.errors import ConfigError
 from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.records import write_metrics
 from slowlearn.train import prepare, resumed_config

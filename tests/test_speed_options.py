@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from slowlearn.checks import ConfigError
+from slowlearn.errors import ConfigError
 from slowlearn.groups import build_module
 from tests.conftest import compose_config
 

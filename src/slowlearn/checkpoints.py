@@ -4,7 +4,7 @@ accuracy so far).
 
 Lightning's ModelCheckpoint watches one ``val/acc`` of one model, so a group writes its members'
 checkpoints here: the group's checkpoint is taken once per epoch and split into one per member
-(``LitClassifier.member_checkpoint``), each written atomically. A single run is a group of one,
+(``member_checkpoint``), each written atomically. A single run is a group of one,
 so its checkpoints come from here too. A member that diverged keeps its last finite one.
 """
 
@@ -15,17 +15,18 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pytorch_lightning as pl
 import torch
 
+from slowlearn.internals import dump_checkpoint
+from slowlearn.member_logs import MemberHistory
 from slowlearn.model import MemberStack, stacked_layout
 from slowlearn.optimizers import MemberOptimizer, stack_optimizer_states
 from slowlearn.records import write_atomically
-
-if TYPE_CHECKING:
-    from slowlearn.module import LitClassifier
+from slowlearn.step import MemberStep
+from slowlearn.timing import EpochTimer
 
 LAST = "last.ckpt"
 
@@ -46,6 +47,26 @@ def member_checkpoint(
         "optimizer_states": [optimizer.member_state_dict(member)],
         "slowlearn": records,
     }
+
+
+def member_records(history: MemberHistory, timer: EpochTimer) -> dict[str, Any]:
+    """What a member's checkpoint keeps besides its weights: its val history, epoch times."""
+    return {
+        "val_history": history.val_history,
+        "epoch_seconds": timer.epoch_seconds,
+        "epoch_training_seconds": timer.epoch_training_seconds,
+    }
+
+
+def restore(
+    checkpoint: dict[str, Any], network: MemberStack, history: MemberHistory, timer: EpochTimer
+) -> None:
+    """Resume from a single run's checkpoint (a group of one), and its records."""
+    stack_checkpoint(checkpoint, network)
+    records = checkpoint.get("slowlearn", {})
+    history.val_history = records.get("val_history", [])
+    timer.epoch_seconds = records.get("epoch_seconds", [])
+    timer.epoch_training_seconds = records.get("epoch_training_seconds", [])
 
 
 def stack_checkpoint(checkpoint: dict[str, Any], network: MemberStack) -> None:
@@ -83,6 +104,14 @@ def link_or_write(source: Path, target: Path, payload: bytes) -> None:
     os.replace(temporary, target)
 
 
+class Trained(Protocol):
+    """What a checkpoint is written from: the module (``slowlearn.module``)."""
+
+    step: MemberStep
+    histories: list[MemberHistory]
+    timer: EpochTimer
+
+
 class MemberCheckpoints(pl.Callback):
     """At each validation end: every training member's last.ckpt, and its best when its val
     accuracy beat its own earlier best (ties keep the earlier, as ModelCheckpoint does)."""
@@ -91,21 +120,25 @@ class MemberCheckpoints(pl.Callback):
         self.folders = [Path(run_dir) / "checkpoints" for run_dir in run_dirs]
         self.seconds = 0.0  # spent writing them
 
-    def on_validation_end(self, trainer: pl.Trainer, module: LitClassifier) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, module: Trained) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         started = time.perf_counter()
         self.write(trainer, module)
         self.seconds += time.perf_counter() - started
 
-    def write(self, trainer: pl.Trainer, module: LitClassifier) -> None:
-        group: dict[str, Any] = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+    def write(self, trainer: pl.Trainer, module: Trained) -> None:
+        group: dict[str, Any] = dump_checkpoint(trainer)
         for member, folder in enumerate(self.folders):
             history = module.histories[member]
             if history.diverged or not history.val_history:
                 continue
             payload = io.BytesIO()
-            torch.save(module.member_checkpoint(group, member), payload)
+            records = member_records(history, module.timer)
+            optimizer = module.step.optimizer
+            assert optimizer is not None  # training made it
+            saved = member_checkpoint(group, module.step.network, optimizer, member, records)
+            torch.save(saved, payload)
             write_atomically(folder / LAST, payload.getvalue(), durable=False)
             *earlier, latest = [entry["val/acc"] for entry in history.val_history]
             if not earlier or latest > max(earlier):

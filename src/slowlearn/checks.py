@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from slowlearn.data import SPLITS
+from slowlearn.errors import ConfigError
 from slowlearn.losses import ACTIVATIONS, LOG_LOSSES, LOSSES
 from slowlearn.model import HIDDEN_ACTIVATIONS, INITS
 from slowlearn.naming import override_key
@@ -21,10 +22,6 @@ from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 from slowlearn.prepare import DATASETS, training_set_size
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # hydra.main's config_path
-
-
-class ConfigError(ValueError):
-    """A config value that is not allowed: one line naming the key, the value and the choices."""
 
 
 def folder_is_writable(folder: str) -> bool:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from slowlearn.data import Chunk
+from slowlearn.errors import ConfigError
 
 # steps(chunk, variant, captured): the K steps of a chunk; ``captured`` is True while they
 # are being captured (then they must not sync with the host, nor count steps in Python).
@@ -112,3 +113,35 @@ class ChunkGraphs:
                 del entries[before[name] :]
         self.graphs[key] = CapturedChunk(graph, block, outputs)
         return self.graphs[key]
+
+
+def chunk_graphs(
+    setting: bool | str,
+    where: str,
+    eager: bool,
+    steps_per_chunk: int | None,
+    diagnostics_every_n_steps: int,
+    make: Callable[[], ChunkGraphs],
+) -> ChunkGraphs | None:
+    """``make()``, where ``module.cuda_graphs`` (``setting``: auto, true or false) turns CUDA
+    graphs on: ``auto`` where ``eager`` (one CUDA device, 32-bit, a plain backward), which
+    ``true`` requires. ``where`` describes the run for the error."""
+    if setting is False:
+        return None
+    if not eager:
+        if setting is True:
+            raise ConfigError(
+                f"module.cuda_graphs=true needs one CUDA device, 32-bit precision and "
+                f"module.backward_hooks=false; this run has {where}"
+                f"; valid choices: auto, true, false"
+            )
+        return None
+    chunk, every = steps_per_chunk, diagnostics_every_n_steps
+    if chunk and every > 0 and chunk % every:
+        # Then every chunk diagnoses the same of its steps, and one graph serves them all.
+        raise ConfigError(
+            f"data.steps_per_chunk={chunk} must be a multiple of "
+            f"module.diagnostics_every_n_steps={every} under CUDA graphs "
+            f"(module.cuda_graphs={setting}); or set module.cuda_graphs=false"
+        )
+    return make()

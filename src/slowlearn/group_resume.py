@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from slowlearn.checks import ConfigError
+from slowlearn.errors import ConfigError
 from slowlearn.model import stacked_layout
 from slowlearn.optimizers import stack_optimizer_states
 

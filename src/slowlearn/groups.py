@@ -19,8 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from slowlearn.model import MemberStack
-from slowlearn.module import LitClassifier, Member, log_base_value
+from slowlearn.module import LitClassifier
 from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
+from slowlearn.step import Member, log_base_value
 
 # What a member may differ in: config keys (the activation and loss nodes hold the output
 # activation, the objective and its log base). data.seed is the data order's, ${seed} unless

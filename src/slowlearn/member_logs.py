@@ -25,6 +25,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from slowlearn import diagnostics
+from slowlearn.internals import tensorboard_writer
+from slowlearn.step import StepRecords
 
 
 class Divergence(RuntimeError):
@@ -42,22 +44,6 @@ class MemberHistory:
     last_logged_loss: float = math.nan  # the last train/loss value: a mean over its window
     interval_sum: float = 0.0
     interval_count: int = 0
-
-
-@dataclass
-class StepRecords:
-    """Per-step values waiting on the device for the next flush to the loggers.
-
-    A plain object: nn.Module.__setattr__ is slow enough to show in the training loop.
-    """
-
-    losses: list[Tensor] = field(default_factory=list)  # [K, R] per chunk
-    trace: list[Tensor] = field(default_factory=list)  # [R, 1 + scalar parameters]
-    signal_sums: list[Tensor] = field(default_factory=list)  # [R, ERROR_SIGNAL_FIELDS]
-    layer_values: list[Tensor] = field(default_factory=list)  # [R, layer fields]
-    true_class: list[Tensor] = field(default_factory=list)  # [R, B] per diagnosed step
-    unit_bias_grads: list[list[Tensor]] = field(default_factory=list)  # per layer [R, units]
-    unit_slopes: list[list[Tensor]] = field(default_factory=list)  # per sigmoid layer
 
 
 def to_host(tensor: Tensor) -> Tensor:
@@ -95,12 +81,13 @@ def log_scalars(logger: Logger, metrics: dict[str, float], step: int) -> None:
         return
     values = [Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
     event = Event(step=step, wall_time=time.time(), summary=Summary(value=values))
-    logger.experiment._get_file_writer().add_event(event)
+    tensorboard_writer(logger).add_event(event)
 
 
 class MemberLogs:
     def __init__(
         self,
+        records: StepRecords,
         members: int,
         layer_names: Sequence[str],
         layer_fields: Sequence[str],
@@ -116,7 +103,8 @@ class MemberLogs:
         self.diagnostics_window = diagnostics_window
         self.loggers: list[list[Logger]] = [[] for _ in range(members)]  # each member's own
         self.histories = [MemberHistory() for _ in range(members)]
-        self.records = StepRecords()
+        self.records = records  # the step's, which it appends to and this clears
+        self.in_flight: Transfer | None = None  # the last chunk's values, on their way
 
     def training(self) -> list[int]:
         """The members still training (not diverged)."""
@@ -144,6 +132,20 @@ class MemberLogs:
         records.losses.clear()
         records.trace.clear()
         return transfer.started(device)
+
+    def pass_on(self, first_step: int, step: int) -> list[list[float]] | None:
+        """Hand this chunk's values over and flush the chunk's before, on the host by now;
+        return its losses [R][K] (None after the first chunk)."""
+        handed_over = self.hand_over(first_step, step)
+        losses = self.flush(self.in_flight) if self.in_flight is not None else None
+        self.in_flight = handed_over
+        return losses
+
+    def flush_in_flight(self) -> None:
+        """Flush the last chunk's values (the training steps are over), waiting for them."""
+        if self.in_flight is not None:
+            transfer, self.in_flight = self.in_flight, None
+            self.flush(transfer)
 
     def flush(self, transfer: Transfer) -> list[list[float]]:
         """Send a chunk's per-step values to the loggers; return its losses [R][K].

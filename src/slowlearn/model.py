@@ -84,8 +84,9 @@ class SelectGradient(torch.autograd.Function):
     """Identity forward. Backward keeps the gradient of the members still training and sets
     the others' to zero by selection (``torch.where``: NaN times 0 would be NaN).
 
-    The mask is read when the gradient flows, not when the forward ran: the module clears a
-    member whose loss of this very step is not finite before it calls backward.
+    The mask (``optimizers.Freeze``, its owner) is read when the gradient flows, not when the
+    forward ran: a member whose loss of this very step is not finite is cleared before the
+    backward pass.
     """
 
     @staticmethod

@@ -36,6 +36,31 @@ def member_axis(param: Tensor) -> tuple[int, ...]:
     return (-1,) + (1,) * (param.dim() - 1)
 
 
+class Freeze:
+    """The one owner of the freeze mask: which members still train, [R] on the device.
+
+    A member whose loss is not finite is cleared (``stop_diverged``) from that step on. The
+    update reads the mask (``MemberOptimizer.step``), and so does the network's input layer,
+    which is handed ``training`` at each forward and reads it when the gradient flows
+    (``model.SelectGradient``). Disabled, nothing is masked: a single run has no other members
+    to protect (its divergence ends it), and the masks are a third of its small update's cost.
+    """
+
+    def __init__(self, members: int, device: torch.device, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.alive = torch.ones(members, dtype=torch.bool, device=device)
+
+    @property
+    def training(self) -> Tensor | None:
+        """The mask for the network's input layer; None when nothing freezes."""
+        return self.alive if self.enabled else None
+
+    def stop_diverged(self, losses: Tensor) -> None:
+        """Clear the members whose loss [R] of this step is not finite (no host sync)."""
+        if self.enabled:
+            self.alive.logical_and_(torch.isfinite(losses.detach()))
+
+
 class MemberOptimizer(torch.optim.Optimizer):
     """Shared by the update rules: the per-member lr, the freeze mask, the checkpoint format."""
 
@@ -53,13 +78,9 @@ class MemberOptimizer(torch.optim.Optimizer):
         super().__init__(list(params), dict(lr=[float(value) for value in lr], **hyperparameters))
         device = self.param_groups[0]["params"][0].device
         self.lr = torch.tensor(self.param_groups[0]["lr"], device=device)
-        # True while a member trains; the module clears it when the member's loss is not finite.
-        self.alive = torch.ones(len(lr), dtype=torch.bool, device=device)
+        self.freeze = Freeze(len(lr), device, enabled=freeze)
         # Parameters whose gradient the network has already selected (zero when frozen).
         self.selected = {id(param) for param in selected}
-        # Whether to freeze diverged members at all: a single run has no others to protect
-        # (its divergence ends it), and the masks are a third of its small update's cost.
-        self.freeze = freeze
         # Whether every count lives on the device, so that a CUDA graph can replay the update
         # (torch.optim's ``capturable``): set by the module on CUDA.
         self.capturable = False
@@ -82,17 +103,18 @@ class MemberOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
+        freeze = self.freeze
         params = [param for param in group["params"] if param.grad is not None]
         axes = [self.member_axes[id(param)] for param in params]
         grads = [  # select, never multiply: NaN times 0 is NaN
             param.grad
-            if id(param) in self.selected or not self.freeze
-            else torch.where(self.alive.view(axis), param.grad, 0.0)
+            if id(param) in self.selected or not freeze.enabled
+            else torch.where(freeze.alive.view(axis), param.grad, 0.0)
             for param, axis in zip(params, axes, strict=True)
         ]
         if group["weight_decay"]:
             grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-        lr = torch.where(self.alive, self.lr, 0.0) if self.freeze else self.lr
+        lr = torch.where(freeze.alive, self.lr, 0.0) if freeze.enabled else self.lr
         lrs = [lr.view(axis) for axis in axes]
         self.update(params, grads, lrs, [self.state[param] for param in params], group)
         return loss

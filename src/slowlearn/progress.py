@@ -7,7 +7,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm, _update_n
+from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+from slowlearn.internals import set_bar_count
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -32,5 +34,5 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.train_progress_bar.disable:
             return
-        _update_n(self.train_progress_bar, trainer.global_step - self.epoch_start_step)
+        set_bar_count(self.train_progress_bar, trainer.global_step - self.epoch_start_step)
         self.train_progress_bar.set_postfix(self.get_metrics(trainer, args[0]))

@@ -18,6 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from slowlearn.internals import tensorboard_writer
+
 VAL_ACC_TARGET = 0.9  # "steps to 90% val accuracy": how fast an objective learns
 HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
 
@@ -138,7 +140,7 @@ def log_hparams(loggers: Iterable[Any], cfg: DictConfig, summary: Mapping[str, A
         if isinstance(logger, TensorBoardLogger):
             logger.log_metrics(hparam_metrics(summary), step=0)
             # What Lightning's log_hyperparams writes, with every column declared.
-            writer = logger.experiment._get_file_writer()
+            writer = tensorboard_writer(logger)
             for summary_proto in (experiment, *sessions):
                 writer.add_summary(summary_proto)
 

@@ -33,7 +33,8 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 
 from slowlearn.checkpoints import LAST, MemberCheckpoints
-from slowlearn.checks import ConfigError, check_config, unknown_group_option
+from slowlearn.checks import check_config, unknown_group_option
+from slowlearn.errors import ConfigError
 from slowlearn.group_resume import resume_path
 from slowlearn.groups import build_module
 from slowlearn.interrupts import StopAtNextBatch
@@ -302,13 +303,13 @@ def train_and_test(
         # last finite checkpoint would only diverge again.
         if history.diverged:
             member_status, member_error = "diverged", history.diverged
-        extra = {"epoch_training_seconds": module.epoch_training_seconds}
+        extra = {"epoch_training_seconds": module.timer.epoch_training_seconds}
         if module.trace and "test/output" in history.test_results:
             extra["final_output"] = history.test_results["test/output"]
         metrics = summarise(
             history.val_history,
             history.test_results,
-            module.epoch_seconds,
+            module.timer.epoch_seconds,
             history.last_logged_loss,
             extra,
         )
@@ -317,7 +318,7 @@ def train_and_test(
             # Where the group's time went (a member of a group shares its group's).
             "seconds": {
                 "data": getattr(datamodule, "seconds", 0.0),
-                **module.seconds,
+                **module.timer.seconds,
                 "checkpoints": checkpoints.seconds,
             },
             "data_source": getattr(datamodule, "source", ""),

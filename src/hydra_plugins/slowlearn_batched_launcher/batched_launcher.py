@@ -21,8 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
-    _flush_loggers,
-    _save_config,
     configure_log,
     env_override,
     setup_globals,
@@ -30,6 +28,8 @@ from hydra.core.utils import (
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
+
+from slowlearn.internals import flush_hydra_loggers, save_hydra_config
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class BatchedLauncher(Launcher):
         folder, its .hydra/ files, its log file and the on_job_start callbacks, with this job's
         Hydra config set; then slowlearn's checks, which resolve the job's config (its paths
         and name) while that Hydra config is still set."""
-        from slowlearn.checks import ConfigError
+        from slowlearn.errors import ConfigError
         from slowlearn.train import prepare
 
         previous = HydraConfig.instance().cfg
@@ -144,9 +144,9 @@ class BatchedLauncher(Launcher):
             configure_log(config.hydra.job_logging, config.hydra.verbose)
             if config.hydra.output_subdir is not None:
                 hydra_output = output_dir / str(config.hydra.output_subdir)
-                _save_config(task_cfg, "config.yaml", hydra_output)
-                _save_config(result.hydra_cfg, "hydra.yaml", hydra_output)
-                _save_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
+                save_hydra_config(task_cfg, "config.yaml", hydra_output)
+                save_hydra_config(result.hydra_cfg, "hydra.yaml", hydra_output)
+                save_hydra_config(config.hydra.overrides.task, "overrides.yaml", hydra_output)
             started = StartedJob(config, result, output_dir)
             with env_override(config.hydra.job.env_set):
                 callbacks = self.hydra_context.callbacks
@@ -169,7 +169,7 @@ class BatchedLauncher(Launcher):
         the job's Hydra config set."""
         started.result.status, started.result.return_value = status, value
         started.result.task_name = started.config.hydra.job.name
-        _flush_loggers()
+        flush_hydra_loggers()
         previous = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(started.config)
         try:
@@ -266,7 +266,7 @@ class BatchedLauncher(Launcher):
     def refuse_shared_folders(self, started: list[StartedJob]) -> None:
         """Two jobs whose names came out the same (two swept values with one label) would
         write one folder: the later ones fail, before anything trains."""
-        from slowlearn.checks import ConfigError
+        from slowlearn.errors import ConfigError
 
         first: dict[Path, int] = {}
         for index, job in enumerate(started):
