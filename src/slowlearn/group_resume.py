@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -23,7 +23,15 @@ from slowlearn.optimizers import stack_optimizer_states
 
 if TYPE_CHECKING:
     from slowlearn.module import LitClassifier
-    from slowlearn.train import Job
+
+
+class Resumable(Protocol):
+    """A job as resuming reads it (``slowlearn.train.Job``, which imports this module)."""
+
+    checkpoint: Path | None
+
+    @property
+    def run_dir(self) -> Path: ...
 
 
 def stacked_checkpoint(members: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -50,7 +58,7 @@ def stacked_checkpoint(members: Sequence[dict[str, Any]], names: Sequence[str]) 
 
 
 @contextmanager
-def resume_path(jobs: Sequence[Job], module: LitClassifier) -> Iterator[Path | None]:
+def resume_path(jobs: Sequence[Resumable], module: LitClassifier) -> Iterator[Path | None]:
     """The checkpoint that ``trainer.fit`` resumes the group of ``jobs`` from, or None for a
     new run. Every member of a resumed group needs its own checkpoint."""
     paths = [job.checkpoint for job in jobs]

@@ -80,24 +80,58 @@ class StartedJob:
         self.job: Any = None  # slowlearn.train.Job once its checks passed
 
 
+def check_options(max_members: Any, executor: Any, submitit: dict[str, Any]) -> None:
+    """The launcher's own settings, each bad one named on one line with the valid choices."""
+    if not isinstance(max_members, int) or max_members < 1:
+        raise ValueError(
+            f"hydra.launcher.max_members={max_members!r} is not allowed: a positive integer"
+        )
+    if executor not in ("inprocess", "local", "slurm"):
+        raise ValueError(
+            f"hydra.launcher.executor={executor!r} is not allowed: inprocess, local or slurm"
+        )
+    from slowlearn.group_submission import LAUNCHER_KEYS
+
+    unknown = sorted(set(submitit) - set(LAUNCHER_KEYS))
+    if unknown:
+        raise ValueError(
+            f"hydra.launcher.{unknown[0]} is not a setting of hydra/launcher=batched; "
+            f"valid: max_members, executor, {', '.join(LAUNCHER_KEYS)}"
+        )
+
+
+def shared_folders(started: list[StartedJob]) -> list[tuple[StartedJob, int]]:
+    """The jobs whose folder an earlier job already has (two swept values with one label),
+    each with that earlier job's index."""
+    first: dict[Path, int] = {}
+    repeats = []
+    for index, job in enumerate(started):
+        if job.job is not None:
+            earlier = first.setdefault(job.output_dir, index)
+            if earlier != index:
+                repeats.append((job, earlier))
+    return repeats
+
+
+def log_groups(jobs: int, failed: int, groups: list[list[StartedJob]]) -> None:
+    """The groups and what sets their members apart, before anything trains."""
+    from slowlearn.groups import member_differences
+
+    log.info(
+        f"Batched launcher: {jobs} jobs in {len(groups)} group{'s' * (len(groups) != 1)}"
+        + (f"; {failed} failed {'its' if failed == 1 else 'their'} checks" if failed else "")
+    )
+    for number, group in enumerate(groups, start=1):
+        differing = member_differences([s.job.cfg for s in group]) or ["nothing"]
+        log.info(
+            f"\tgroup {number}: {len(group)} member{'s' * (len(group) != 1)}, "
+            f"differing in {', '.join(differing)}"
+        )
+
+
 class BatchedLauncher(Launcher):
     def __init__(self, max_members: int = 64, executor: str = "inprocess", **submitit: Any) -> None:
-        if not isinstance(max_members, int) or max_members < 1:
-            raise ValueError(
-                f"hydra.launcher.max_members={max_members!r} is not allowed: a positive integer"
-            )
-        if executor not in ("inprocess", "local", "slurm"):
-            raise ValueError(
-                f"hydra.launcher.executor={executor!r} is not allowed: inprocess, local or slurm"
-            )
-        from slowlearn.group_submission import LAUNCHER_KEYS
-
-        unknown = sorted(set(submitit) - set(LAUNCHER_KEYS))
-        if unknown:
-            raise ValueError(
-                f"hydra.launcher.{unknown[0]} is not a setting of hydra/launcher=batched; "
-                f"valid: max_members, executor, {', '.join(LAUNCHER_KEYS)}"
-            )
+        check_options(max_members, executor, submitit)
         self.max_members = max_members
         # Where groups train: here, or as submitit jobs (slowlearn.group_submission).
         self.executor, self.submitit = executor, submitit
@@ -193,7 +227,7 @@ class BatchedLauncher(Launcher):
     # -------------------------------------------------------------- the sweep
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> list[JobReturn]:
-        from slowlearn.groups import form_groups, member_differences
+        from slowlearn.groups import form_groups
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -217,18 +251,7 @@ class BatchedLauncher(Launcher):
             [ready[i] for i in group]
             for group in form_groups([s.job.cfg for s in ready], self.max_members)
         ]
-        failed = len(started) - len(ready)
-        log.info(
-            f"Batched launcher: {len(started)} jobs in {len(groups)} "
-            f"group{'s' * (len(groups) != 1)}"
-            + (f"; {failed} failed {'its' if failed == 1 else 'their'} checks" if failed else "")
-        )
-        for number, group in enumerate(groups, start=1):
-            differing = member_differences([s.job.cfg for s in group]) or ["nothing"]
-            log.info(
-                f"\tgroup {number}: {len(group)} member{'s' * (len(group) != 1)}, "
-                f"differing in {', '.join(differing)}"
-            )
+        log_groups(len(started), len(started) - len(ready), groups)
         if self.executor == "inprocess":
             for group in groups:
                 self.train_group(group)
@@ -268,19 +291,14 @@ class BatchedLauncher(Launcher):
         write one folder: the later ones fail, before anything trains."""
         from slowlearn.errors import ConfigError
 
-        first: dict[Path, int] = {}
-        for index, job in enumerate(started):
-            if job.job is None:
-                continue
-            earlier = first.setdefault(job.output_dir, index)
-            if earlier != index:
-                self.fail_job(
-                    job,
-                    ConfigError(
-                        f"run folder {job.output_dir} is also job {earlier}'s: two jobs of the "
-                        "sweep got one name; sweep values that differ in their names"
-                    ),
-                )
+        for job, earlier in shared_folders(started):
+            self.fail_job(
+                job,
+                ConfigError(
+                    f"run folder {job.output_dir} is also job {earlier}'s: two jobs of the "
+                    "sweep got one name; sweep values that differ in their names"
+                ),
+            )
 
     def train_group(self, group: list[StartedJob]) -> None:
         """Train one group and end each of its jobs with its own outcome."""
