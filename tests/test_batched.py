@@ -4,6 +4,8 @@ its faults kept to itself."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +21,10 @@ from omegaconf import OmegaConf
 
 import hydra_plugins.slowlearn_batched_launcher.batched_launcher as batched_launcher
 from slowlearn import evaluate
-from slowlearn.groups import build_module, form_groups, member_differences
+from slowlearn.groups import MEMBER_SETTINGS, build_module, form_groups, member_differences
 from slowlearn.model import stacked_layout
 from slowlearn.optimizers import OPTIMIZERS
+from slowlearn.step import Member
 from slowlearn.train import Job, train_and_test
 from tests.conftest import (
     REPO,
@@ -67,6 +70,18 @@ def test_jobs_group_when_they_differ_only_in_what_a_member_may_differ_in() -> No
         "optimizer.lr",
         "seed",
     ]
+
+
+def test_the_docs_name_exactly_the_settings_a_member_may_differ_in() -> None:
+    """docs/sweeps.md lists them in one sentence, its keys in backticks, as the launcher
+    prints them; the step's Member holds those it needs."""
+    text = " ".join((REPO / "docs" / "sweeps.md").read_text().split())
+    start = text.index("equal except in what a member may differ in:")
+    sentence = text[start : text.index("their own paths and names", start)]
+    named = set(re.findall(r"`([^`]+)`", sentence))
+    assert named == {setting.key.removesuffix(".name") for setting in MEMBER_SETTINGS}
+    held = {setting.member for setting in MEMBER_SETTINGS if setting.member}
+    assert held == {field.name for field in dataclasses.fields(Member)}
 
 
 def test_the_launcher_takes_the_job_configs_the_sweeper_composed_to_check_them() -> None:

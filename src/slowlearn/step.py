@@ -40,8 +40,7 @@ class Cell(NamedTuple):
 
 @dataclass(frozen=True)
 class Member:
-    """What may differ between the members of a group, besides the initial weights and the
-    data order, which come from the seed."""
+    """What the step needs of a member's settings (``groups.MEMBER_SETTINGS`` fills it)."""
 
     activation: str
     loss: str
@@ -53,8 +52,9 @@ class Member:
         return self.activation, self.loss, self.log_base
 
 
-def log_base_value(base: str | float) -> float:
-    return math.e if base == "e" else float(base)
+def log_base_value(base: str | float | None) -> float:
+    """A loss's log base as a number: ``e``, or none given (mse takes no log), is natural."""
+    return math.e if base is None or base == "e" else float(base)
 
 
 @dataclass
