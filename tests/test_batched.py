@@ -20,10 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import hydra_plugins.slowlearn_batched_launcher.batched_launcher as batched_launcher
-from slowlearn import evaluate
+from slowlearn import evaluate, optimizers
 from slowlearn.groups import MEMBER_SETTINGS, build_module, form_groups, member_differences
 from slowlearn.model import stacked_layout
-from slowlearn.optimizers import OPTIMIZERS
 from slowlearn.step import Member
 from slowlearn.train import Job, train_and_test
 from tests.conftest import (
@@ -124,23 +123,22 @@ def test_a_members_initial_weights_are_its_single_runs_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "settings"),
-    [("torch.optim.SGD", {}), ("torch.optim.SGD", {"momentum": 0.9}), ("torch.optim.Adam", {})],
+    ("rule", "settings"),
+    [(optimizers.SGD, {}), (optimizers.SGD, {"momentum": 0.9}), (optimizers.Adam, {})],
 )
 def test_each_member_steps_with_its_own_lr_as_torch_optim_would_alone(
-    optimizer: str, settings: dict
+    rule: type[optimizers.MemberOptimizer], settings: dict
 ) -> None:
     """Three members with lrs 0.01, 0.1, 1 (Adam: a hundredth) for 200 steps: given the same
     gradients, each member's weights and state are those torch.optim gives a plain model
     with that lr alone (the update is exact; only float rounding may differ)."""
     torch.manual_seed(0)
-    lrs = [0.01, 0.1, 1.0] if "SGD" in optimizer else [1e-4, 1e-3, 1e-2]
+    lrs = [0.01, 0.1, 1.0] if rule is optimizers.SGD else [1e-4, 1e-3, 1e-2]
     cfgs = [
         resolved("cell=sigmoid_mse", "model.hidden_sizes=[16]", f"seed={seed}") for seed in range(3)
     ]
     module = build_module(cfgs)
     stacked = list(module.network.stacked)
-    rule = OPTIMIZERS[optimizer]
     ours = rule(stacked, lrs, selected=stacked[:2], **settings)
     plains = []
     for member, lr in enumerate(lrs):
@@ -190,9 +188,7 @@ def test_a_frozen_member_keeps_its_weights_and_the_others_go_on() -> None:
     cfgs = [resolved("experiment=ablation", f"seed={seed}") for seed in (0, 1)]
     module = build_module(cfgs)
     stacked = list(module.network.stacked)
-    optimizer = OPTIMIZERS["torch.optim.SGD"](
-        stacked, [0.1, 0.1], selected=stacked[:2], momentum=0.9
-    )
+    optimizer = optimizers.SGD(stacked, [0.1, 0.1], selected=stacked[:2], momentum=0.9)
     x, y = torch.rand(2, 8, 784), torch.randint(0, 10, (2, 8))
     with torch.no_grad():  # member 1's weights blew up: its logits and loss are not finite
         stacked[-1][1, 0] = float("inf")

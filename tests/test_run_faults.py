@@ -43,10 +43,14 @@ BAD_VALUES = [
     ("activation=identity", "loss.name='nll'", "mse with activation=identity"),
     ("cell=identity_mse", None, None),  # the control itself is allowed
     ("+optimizer.nesterov=true", None, None),
-    ("+optimizer.betas=[0.9,0.99]", "optimizer.betas=[0.9, 0.99]", "not a key of torch.optim.SGD"),
+    (
+        "+optimizer.betas=[0.9,0.99]",
+        "optimizer.betas=[0.9, 0.99]",
+        "not a key of slowlearn.optimizers.SGD",
+    ),
     ("loss.name=hinge", "loss.name='hinge'", "mse, bce, nll"),
     ("optimizer._target_=torch.optim.Nope", "optimizer._target_='torch.optim.Nope'", "one of"),
-    ("optimizer._target_=torch.optim.RMSprop", "'torch.optim.RMSprop'", "torch.optim.SGD"),
+    ("optimizer._target_=torch.optim.SGD", "'torch.optim.SGD'", "slowlearn.optimizers.SGD"),
     ("data.val_size=60000", "data.val_size=60000", "1 to 59999"),
     ("loss.log_base=1", "loss.log_base=1", "positive number other than 1"),
     ("loss.log_base=bits", "loss.log_base='bits'", "positive number other than 1"),

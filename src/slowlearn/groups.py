@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from slowlearn.model import MemberStack
 from slowlearn.module import LitClassifier
-from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 from slowlearn.step import Member, log_base_value
 
 
@@ -140,13 +139,10 @@ def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
         networks.append(instantiate(cfg.model))
     members = [member(cfg) for cfg in cfgs]
     first = cfgs[0]
-    optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
-    settings = {k: v for k, v in optimizer.items() if k not in NOT_SETTINGS}
     module = first.get("module") or {}
     return LitClassifier(
         MemberStack(networks),
         members,
-        OPTIMIZERS[optimizer["_target_"]],
-        settings,
+        instantiate(first.optimizer, _convert_="all"),  # the rule with its settings (partial)
         **{key: module[key] for key in MODULE_SETTINGS if key in module},
     )
