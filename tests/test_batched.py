@@ -97,7 +97,7 @@ def test_the_launcher_takes_the_job_configs_the_sweeper_composed_to_check_them()
         composed_again = loader.take(master, ["seed=1", "cell=sigmoid_mse"])
     assert taken is checked  # handed over, not composed a second time
     assert composed_again is not checked  # taken once: asked again, Hydra composes it anew
-    as_written = OmegaConf.to_container  # unresolved: "???" and interpolations as text
+    as_written = OmegaConf.to_container  # unresolved: interpolations as text
     assert as_written(composed_again) == as_written(checked)
     assert (checked.seed, checked.activation.name, checked.loss.name) == (1, "sigmoid", "mse")
 

@@ -91,7 +91,7 @@ def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]
     ``max_members`` is split into near-equal groups. A job that fits no group is alone."""
     by_program: dict[str, list[int]] = {}
     for index, cfg in enumerate(cfgs):
-        alone = not OmegaConf.is_missing(cfg, "resume") and cfg.get("resume")
+        alone = bool(cfg.get("resume"))
         key = f"resume:{index}" if alone else program_key(cfg)
         by_program.setdefault(key, []).append(index)
     groups = []

@@ -129,7 +129,8 @@ def resolve_varied_settings() -> list[str]:
     return settings_of_keys(swept_keys(str(HydraConfig.get().sweep.dir)))
 
 
-def if_set(value: str, when_set: str, otherwise: str) -> str:
+def if_set(value: str | None, when_set: str, otherwise: str) -> str:
+    """``${if_set:${resume},a,b}``: ``a`` where a value is set (not null, not empty), else ``b``."""
     return when_set if value else otherwise
 
 

@@ -183,7 +183,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str]) -> Job:
     """Check a run's config and resolve it, before any data or training work. Raises
     ConfigError with one line naming the bad value."""
     checkpoint = None
-    if not OmegaConf.is_missing(cfg, "resume"):
+    if cfg.get("resume"):
         cfg, checkpoint = resumed_config(cfg, overrides)
     check_config(cfg)
     job = Job.resolved(cfg, checkpoint)
