@@ -90,7 +90,7 @@ class PlainLoop:
         optimizer = OPTIMIZERS[cfg.optimizer._target_].rule  # torch.optim's own, for one run
         settings = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
         self.optimizer = optimizer(self.model.parameters(), **settings)
-        base = log_base_value(cfg.loss.log_base)
+        base = log_base_value(cfg.loss.get("log_base"))
         self.objective = objective(cfg.activation.name, cfg.loss.name, base)
 
     def step(self, x: Any, y: Any) -> None:

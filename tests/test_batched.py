@@ -229,7 +229,7 @@ def test_a_group_trains_as_its_members_would_alone(tiny_data: Path, tmp_path: Pa
             f"seed={seed}",
             "data.batch_size=10",
             "trainer.max_epochs=1",
-            "module.log_every_n_steps=1",
+            "module.loss_window=1",
             hydra_node=False,
         )
         for cell in ("sigmoid_mse", "softmax_nll")

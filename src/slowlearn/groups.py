@@ -117,7 +117,7 @@ def member_differences(cfgs: Sequence[DictConfig]) -> list[str]:
 # The keys of a config's ``module`` node that the module takes (runs from before the batched
 # launcher saved a few more, which the module now derives).
 MODULE_SETTINGS = (
-    "log_every_n_steps",
+    "loss_window",
     "diagnostics_every_n_steps",
     "diagnostics_window",
     "trace",

@@ -39,7 +39,7 @@ class LitClassifier(pl.LightningModule):
         network: MemberStack,
         members: Sequence[Member],
         optimizer: Callable[..., MemberOptimizer],
-        log_every_n_steps: int = 10,
+        loss_window: int = 10,
         diagnostics_every_n_steps: int = 10,
         diagnostics_window: int = 100,
         trace: bool = False,
@@ -61,7 +61,7 @@ class LitClassifier(pl.LightningModule):
             network.layer_names,
             diagnostics.layer_fields(network.layer_names, self.step.sigmoid_hidden),
             self.step.trace_names(),
-            log_every_n_steps,
+            loss_window,
             diagnostics_every_n_steps,
             diagnostics_window,
         )
