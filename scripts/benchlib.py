@@ -81,15 +81,16 @@ class PlainLoop:
         from hydra.utils import instantiate
 
         from slowlearn.losses import objective
+        from slowlearn.optimizers import OPTIMIZERS
         from slowlearn.step import log_base_value
 
         torch.manual_seed(cfg.seed)
         self.device, self.batches = device, batches
         self.model = instantiate(cfg.model).to(device)
-        optimizer = getattr(torch.optim, cfg.optimizer._target_.rsplit(".", 1)[-1])
+        optimizer = OPTIMIZERS[cfg.optimizer._target_].rule  # torch.optim's own, for one run
         settings = {k: v for k, v in cfg.optimizer.items() if not k.startswith("_")}
         self.optimizer = optimizer(self.model.parameters(), **settings)
-        base = log_base_value(cfg.loss.log_base)
+        base = log_base_value(cfg.loss.get("log_base"))
         self.objective = objective(cfg.activation.name, cfg.loss.name, base)
 
     def step(self, x: Any, y: Any) -> None:

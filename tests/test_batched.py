@@ -4,6 +4,8 @@ its faults kept to itself."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -18,10 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import hydra_plugins.slowlearn_batched_launcher.batched_launcher as batched_launcher
-from slowlearn import evaluate
-from slowlearn.groups import build_module, form_groups, member_differences
+from slowlearn import evaluate, optimizers
+from slowlearn.groups import MEMBER_SETTINGS, build_module, form_groups, member_differences
 from slowlearn.model import stacked_layout
-from slowlearn.optimizers import OPTIMIZERS
+from slowlearn.step import Member
 from slowlearn.train import Job, train_and_test
 from tests.conftest import (
     REPO,
@@ -69,6 +71,18 @@ def test_jobs_group_when_they_differ_only_in_what_a_member_may_differ_in() -> No
     ]
 
 
+def test_the_docs_name_exactly_the_settings_a_member_may_differ_in() -> None:
+    """docs/sweeps.md lists them in one sentence, its keys in backticks, as the launcher
+    prints them; the step's Member holds those it needs."""
+    text = " ".join((REPO / "docs" / "sweeps.md").read_text().split())
+    start = text.index("equal except in what a member may differ in:")
+    sentence = text[start : text.index("their own paths and names", start)]
+    named = set(re.findall(r"`([^`]+)`", sentence))
+    assert named == {setting.key.removesuffix(".name") for setting in MEMBER_SETTINGS}
+    held = {setting.member for setting in MEMBER_SETTINGS if setting.member}
+    assert held == {field.name for field in dataclasses.fields(Member)}
+
+
 def test_the_launcher_takes_the_job_configs_the_sweeper_composed_to_check_them() -> None:
     master = compose_config()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -83,7 +97,7 @@ def test_the_launcher_takes_the_job_configs_the_sweeper_composed_to_check_them()
         composed_again = loader.take(master, ["seed=1", "cell=sigmoid_mse"])
     assert taken is checked  # handed over, not composed a second time
     assert composed_again is not checked  # taken once: asked again, Hydra composes it anew
-    as_written = OmegaConf.to_container  # unresolved: "???" and interpolations as text
+    as_written = OmegaConf.to_container  # unresolved: interpolations as text
     assert as_written(composed_again) == as_written(checked)
     assert (checked.seed, checked.activation.name, checked.loss.name) == (1, "sigmoid", "mse")
 
@@ -109,23 +123,22 @@ def test_a_members_initial_weights_are_its_single_runs_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "settings"),
-    [("torch.optim.SGD", {}), ("torch.optim.SGD", {"momentum": 0.9}), ("torch.optim.Adam", {})],
+    ("rule", "settings"),
+    [(optimizers.SGD, {}), (optimizers.SGD, {"momentum": 0.9}), (optimizers.Adam, {})],
 )
 def test_each_member_steps_with_its_own_lr_as_torch_optim_would_alone(
-    optimizer: str, settings: dict
+    rule: type[optimizers.MemberOptimizer], settings: dict
 ) -> None:
     """Three members with lrs 0.01, 0.1, 1 (Adam: a hundredth) for 200 steps: given the same
     gradients, each member's weights and state are those torch.optim gives a plain model
     with that lr alone (the update is exact; only float rounding may differ)."""
     torch.manual_seed(0)
-    lrs = [0.01, 0.1, 1.0] if "SGD" in optimizer else [1e-4, 1e-3, 1e-2]
+    lrs = [0.01, 0.1, 1.0] if rule is optimizers.SGD else [1e-4, 1e-3, 1e-2]
     cfgs = [
         resolved("cell=sigmoid_mse", "model.hidden_sizes=[16]", f"seed={seed}") for seed in range(3)
     ]
     module = build_module(cfgs)
     stacked = list(module.network.stacked)
-    rule = OPTIMIZERS[optimizer]
     ours = rule(stacked, lrs, selected=stacked[:2], **settings)
     plains = []
     for member, lr in enumerate(lrs):
@@ -175,9 +188,7 @@ def test_a_frozen_member_keeps_its_weights_and_the_others_go_on() -> None:
     cfgs = [resolved("experiment=ablation", f"seed={seed}") for seed in (0, 1)]
     module = build_module(cfgs)
     stacked = list(module.network.stacked)
-    optimizer = OPTIMIZERS["torch.optim.SGD"](
-        stacked, [0.1, 0.1], selected=stacked[:2], momentum=0.9
-    )
+    optimizer = optimizers.SGD(stacked, [0.1, 0.1], selected=stacked[:2], momentum=0.9)
     x, y = torch.rand(2, 8, 784), torch.randint(0, 10, (2, 8))
     with torch.no_grad():  # member 1's weights blew up: its logits and loss are not finite
         stacked[-1][1, 0] = float("inf")
@@ -218,7 +229,7 @@ def test_a_group_trains_as_its_members_would_alone(tiny_data: Path, tmp_path: Pa
             f"seed={seed}",
             "data.batch_size=10",
             "trainer.max_epochs=1",
-            "module.log_every_n_steps=1",
+            "module.loss_window=1",
             hydra_node=False,
         )
         for cell in ("sigmoid_mse", "softmax_nll")

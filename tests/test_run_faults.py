@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 
-from slowlearn.checks import check_config, unknown_group_option
+from slowlearn.checks import check_config, in_current_keys, renamed_key, unknown_group_option
 from slowlearn.errors import ConfigError
 from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.records import write_metrics
@@ -43,17 +44,24 @@ BAD_VALUES = [
     ("activation=identity", "loss.name='nll'", "mse with activation=identity"),
     ("cell=identity_mse", None, None),  # the control itself is allowed
     ("+optimizer.nesterov=true", None, None),
-    ("+optimizer.betas=[0.9,0.99]", "optimizer.betas=[0.9, 0.99]", "not a key of torch.optim.SGD"),
+    (
+        "+optimizer.betas=[0.9,0.99]",
+        "optimizer.betas=[0.9, 0.99]",
+        "not a key of slowlearn.optimizers.SGD",
+    ),
     ("loss.name=hinge", "loss.name='hinge'", "mse, bce, nll"),
     ("optimizer._target_=torch.optim.Nope", "optimizer._target_='torch.optim.Nope'", "one of"),
-    ("optimizer._target_=torch.optim.RMSprop", "'torch.optim.RMSprop'", "torch.optim.SGD"),
+    ("optimizer._target_=torch.optim.SGD", "'torch.optim.SGD'", "slowlearn.optimizers.SGD"),
     ("data.val_size=60000", "data.val_size=60000", "1 to 59999"),
     ("loss.log_base=1", "loss.log_base=1", "positive number other than 1"),
     ("loss.log_base=bits", "loss.log_base='bits'", "positive number other than 1"),
     ("data.split=middle", "data.split='middle'", "random, tail"),
     ("data.steps_per_chunk=0", "data.steps_per_chunk=0", "positive integer"),
     ("data.eval_batch_size=-1", "data.eval_batch_size=-1", "positive integer"),
-    ("module.log_every_n_steps=0", "module.log_every_n_steps=0", "positive integer"),
+    ("module.loss_window=0", "module.loss_window=0", "positive integer"),
+    ("+module.log_every_n_steps=5", "module.log_every_n_steps is not a key", "module.loss_window"),
+    ("loss=mse", None, None),
+    ("loss=mse +loss.log_base=2", "loss.log_base=2", "mse takes no logarithm"),
     ("module.diagnostics_every_n_steps=-1", "diagnostics_every_n_steps=-1", "0 (off)"),
     ("module.cuda_graphs=maybe", "module.cuda_graphs='maybe'", "one of auto, true, false"),
     ("threads=-1", "threads=-1", "positive integer"),
@@ -66,7 +74,7 @@ def test_bad_values_are_named_with_what_is_allowed(
     tmp_path: Path, override: str, named: str | None, allowed: str | None
 ) -> None:
     data_dir = tmp_path / "data"
-    cfg = compose_config(f"data.dir={data_dir}", override, hydra_node=False)
+    cfg = compose_config(f"data.dir={data_dir}", *override.split(), hydra_node=False)
     if named is None:
         check_config(cfg)
         return
@@ -105,6 +113,26 @@ def test_unknown_group_option_is_one_line_with_the_choices(tmp_path: Path) -> No
         "error: loss=hinge is not allowed: one of bce, mse, nll"
     ]
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_a_key_that_is_not_one_names_the_key_to_use(tmp_path: Path) -> None:
+    result = run_train([f"hydra.run.dir={tmp_path}", "module.log_every_n_steps=5"], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: module.log_every_n_steps is not a key: use module.loss_window"
+    ]
+    assert renamed_key(["+module.log_every_n_steps=5"]) is not None
+    assert renamed_key(["module.loss_window=5", "trainer.log_every_n_steps=5"]) is None
+
+
+def test_a_config_saved_with_earlier_keys_reads_in_todays() -> None:
+    """Runs saved before a key was renamed still resume and evaluate."""
+    today = OmegaConf.to_container(compose_config("loss=mse", hydra_node=False))
+    saved = OmegaConf.create(today)
+    saved.module.log_every_n_steps = saved.module.pop("loss_window")
+    saved.optimizer._target_ = "torch.optim.SGD"
+    saved.loss.log_base = "e"
+    assert OmegaConf.to_container(in_current_keys(saved)) == today
 
 
 @pytest.mark.parametrize(

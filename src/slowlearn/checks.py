@@ -22,6 +22,8 @@ from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 from slowlearn.prepare import DATASETS, training_set_size
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # hydra.main's config_path
+# Keys that configs do not have, each with the key that says what it meant.
+RENAMED = {"module.log_every_n_steps": "module.loss_window"}
 
 
 def folder_is_writable(folder: str) -> bool:
@@ -58,6 +60,9 @@ def check_config(cfg: DictConfig) -> None:
     def one_of(key: str, choices: Iterable[str]) -> None:
         require(OmegaConf.select(cfg, key) in choices, key, f"one of {', '.join(choices)}")
 
+    for old, new in RENAMED.items():
+        if OmegaConf.select(cfg, old) is not None:
+            raise ConfigError(f"{old} is not a key: use {new}")
     one_of("activation.name", ACTIVATIONS)
     one_of("loss.name", LOSSES)
     if ACTIVATIONS[cfg.activation.name].log_outputs is None:
@@ -68,15 +73,17 @@ def check_config(cfg: DictConfig) -> None:
             "to take the log of)",
         )
     base = OmegaConf.select(cfg, "loss.log_base")
-    require(
-        base == "e" or (number("loss.log_base") is not None and base > 0 and base != 1),
+    if cfg.loss.name not in LOG_LOSSES:
+        require(base is None, "loss.log_base", f"{cfg.loss.name} takes no logarithm")
+    require(  # none given: natural
+        base in (None, "e") or (number("loss.log_base") is not None and base > 0 and base != 1),
         "loss.log_base",
         "e, or a positive number other than 1 (2 gives bits)",
     )
     check_optimizer(cfg, require, positive, number)
     if cfg.get("threads") is not None:
         positive("threads", integer=True)
-    for key in ("module.log_every_n_steps", "module.diagnostics_window"):
+    for key in ("module.loss_window", "module.diagnostics_window"):
         positive(key, integer=True)
     every = number("module.diagnostics_every_n_steps")
     require(
@@ -152,6 +159,35 @@ def check_optimizer(cfg: DictConfig, require: Any, positive: Any, number: Any) -
     if OmegaConf.select(cfg, "optimizer.momentum") is not None:
         momentum = number("optimizer.momentum")
         require(momentum is not None and momentum >= 0, "optimizer.momentum", "0 or more")
+
+
+def in_current_keys(saved: DictConfig) -> DictConfig:
+    """A run's saved config (``.hydra/config.yaml``, as loaded) in the keys of today's configs,
+    so that runs saved with earlier keys still resume and evaluate: a renamed key under its
+    name, the optimizer by the rule built (``torch.optim.SGD`` names the rule reproducing it),
+    and no log base for a loss that takes no log."""
+    for old, new in RENAMED.items():
+        value = OmegaConf.select(saved, old)
+        if value is not None:
+            OmegaConf.update(saved, new, value, force_add=True)
+            parent, leaf = old.rsplit(".", 1)
+            saved[parent].pop(leaf)
+    target = OmegaConf.select(saved, "optimizer._target_")
+    for rule_target, rule in OPTIMIZERS.items():
+        if target == f"torch.optim.{rule.rule.__name__}":
+            saved.optimizer._target_ = rule_target
+    if saved.loss.name not in LOG_LOSSES:
+        saved.loss.pop("log_base", None)
+    return saved
+
+
+def renamed_key(overrides: list[str]) -> str | None:
+    """The first command-line key that is not a key any more, as one line naming the key to
+    use; Hydra's own message spans a screen."""
+    for override in overrides:
+        if (key := override_key(override)) in RENAMED:
+            return f"{key} is not a key: use {RENAMED[key]}"
+    return None
 
 
 def unknown_group_option(overrides: list[str]) -> str | None:

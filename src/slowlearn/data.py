@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from slowlearn.prepare import dataset_spec, load_split, prepare, raw_dir
+from slowlearn.prepare import load_split, prepare, raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ class ImageDataModule(pl.LightningDataModule):
     """MNIST or Fashion-MNIST: train/val from the 60k training set, test the official 10k.
 
     ``seed`` is one seed, or one per member of a group: member r's order of epoch e depends
-    on (seed[r], e) alone, exactly as in a run of its own.
+    on (seed[r], e) alone, exactly as in a run of its own. The settings come from a config
+    that ``slowlearn.checks`` has checked (the dataset, the split, val_size).
     """
 
     def __init__(
@@ -174,9 +175,6 @@ class ImageDataModule(pl.LightningDataModule):
         online: bool = True,
     ) -> None:
         super().__init__()
-        dataset_spec(dataset)
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
         self.dataset, self.dir, self.online = dataset, dir, online
         self.batch_size, self.val_size = batch_size, val_size
         self.split, self.split_seed = split, split_seed
@@ -212,11 +210,6 @@ class ImageDataModule(pl.LightningDataModule):
             return pixels.float().div_(255.0), torch.from_numpy(labels.astype(np.int64)).to(device)
 
         train_images, train_labels = load_split(self.dir, self.dataset, "train")
-        if not 0 < self.val_size < len(train_labels):
-            raise ValueError(
-                f"data.val_size={self.val_size} must be in 1..{len(train_labels) - 1} "
-                f"(the training set has {len(train_labels)} samples)"
-            )
         if self.split == "tail":  # the last val_size samples, as in Nielsen's 50k / 10k
             order = np.arange(len(train_labels))
         else:

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from slowlearn.checkpoints import stack_checkpoint
+from slowlearn.checks import in_current_keys
 from slowlearn.groups import build_module
 
 
@@ -28,7 +29,7 @@ def run_config(checkpoint: Path) -> DictConfig:
     for folder in checkpoint.resolve().parents:
         saved = folder / ".hydra" / "config.yaml"
         if saved.is_file():
-            return OmegaConf.load(saved)
+            return in_current_keys(OmegaConf.load(saved))
     raise FileNotFoundError(f"{checkpoint}: no .hydra/config.yaml in any folder above it")
 
 

@@ -1,17 +1,17 @@
 """Which jobs of a sweep train as one program, and that program built from their configs:
 jobs whose configs are equal except in what a member of a group may differ in.
 
-A member may differ in its seed (its initial weights and its data order), its output
-activation, its objective, ``model.init``, ``model.output_init_scale``, ``optimizer.lr`` (and
-``lr_position``, which picks it from a preset's table) and ``loss.log_base``, and in its own
-paths and names. Everything else (the architecture, the data, the batch size, the
-optimiser's other settings, the epochs) is one program's and must be equal.
+What a member may differ in is declared once, in ``MEMBER_SETTINGS``: the grouping, the
+member order, the launcher's printout and ``step.Member`` read it there. Besides those, a
+member has its own paths and names. Everything else (the architecture, the data, the batch
+size, the optimiser's other settings, the epochs) is one program's and must be equal.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,34 +20,43 @@ from omegaconf import DictConfig, OmegaConf
 
 from slowlearn.model import MemberStack
 from slowlearn.module import LitClassifier
-from slowlearn.optimizers import NOT_SETTINGS, OPTIMIZERS
 from slowlearn.step import Member, log_base_value
 
-# What a member may differ in: config keys (the activation and loss nodes hold the output
-# activation, the objective and its log base). data.seed is the data order's, ${seed} unless
-# overridden. lr_position (experiment=long) only says which lr of its table optimizer.lr takes.
-MEMBER_KEYS = (
-    "seed",
-    "data.seed",
-    "activation",
-    "loss",
-    "model.init",
-    "model.output_init_scale",
-    "optimizer.lr",
-    "lr_position",
+
+@dataclass(frozen=True)
+class MemberSetting:
+    """A setting in which the members of one group may differ."""
+
+    key: str  # its config key
+    member: str | None = None  # the step.Member field that holds it, if the step needs it
+    sorts: bool = False  # members are ordered by it, so that those of one cell sit together
+    printed: bool = True  # the launcher's printout names it where members differ in it
+    normal: Callable[[Any], Any] | None = None  # its value as the step takes it
+
+    def value(self, cfg: DictConfig) -> Any:
+        value = OmegaConf.select(cfg, self.key)
+        return self.normal(value) if self.normal else value
+
+
+# What a member may differ in, in the order the launcher names them. The seed gives a member
+# its initial weights; the activation and loss nodes hold the output activation, the
+# objective and its log base.
+MEMBER_SETTINGS = (
+    MemberSetting("activation.name", member="activation", sorts=True),
+    MemberSetting("loss.name", member="loss", sorts=True),
+    # Absent where no log is taken (mse): natural, as an objective's default.
+    MemberSetting("loss.log_base", member="log_base", sorts=True, normal=log_base_value),
+    MemberSetting("model.init"),
+    MemberSetting("model.output_init_scale"),
+    MemberSetting("optimizer.lr", member="lr"),
+    MemberSetting("seed", sorts=True),
+    MemberSetting("data.seed", printed=False),  # the data order's: ${seed} unless overridden
+    # experiment=long: which lr of its table optimizer.lr takes.
+    MemberSetting("lr_position", printed=False),
 )
+MEMBER_KEYS = tuple(setting.key for setting in MEMBER_SETTINGS)
 # The run's own paths and names. Loggers are each member's own, so they may differ too.
 OWN_KEYS = ("run_dir", "run_name", "trainer.default_root_dir", "logger")
-# The member settings that tell members apart in the launcher's printout.
-DIFFERENCES = (
-    "activation.name",
-    "loss.name",
-    "loss.log_base",
-    "model.init",
-    "model.output_init_scale",
-    "optimizer.lr",
-    "seed",
-)
 
 
 def without(config: dict[str, Any], key: str) -> None:
@@ -69,7 +78,12 @@ def program_key(cfg: DictConfig) -> str:
 
 def member_order(cfg: DictConfig) -> tuple:
     """Members of one cell side by side (each objective runs once over its cell's slice)."""
-    return (cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.seed)
+    return tuple(setting.value(cfg) for setting in MEMBER_SETTINGS if setting.sorts)
+
+
+def member(cfg: DictConfig) -> Member:
+    """What the step needs of a member's config."""
+    return Member(**{s.member: s.value(cfg) for s in MEMBER_SETTINGS if s.member})
 
 
 def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
@@ -77,7 +91,7 @@ def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]
     ``max_members`` is split into near-equal groups. A job that fits no group is alone."""
     by_program: dict[str, list[int]] = {}
     for index, cfg in enumerate(cfgs):
-        alone = not OmegaConf.is_missing(cfg, "resume") and cfg.get("resume")
+        alone = bool(cfg.get("resume"))
         key = f"resume:{index}" if alone else program_key(cfg)
         by_program.setdefault(key, []).append(index)
     groups = []
@@ -91,18 +105,19 @@ def form_groups(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]
 
 
 def member_differences(cfgs: Sequence[DictConfig]) -> list[str]:
-    """The member keys whose values differ between these configs: what tells members apart."""
+    """The member settings whose values differ between these configs: what tells members
+    apart, as the launcher prints them (a node by its name: ``activation``, ``loss``)."""
     return [
-        key.removesuffix(".name")
-        for key in DIFFERENCES
-        if len({str(OmegaConf.select(cfg, key)) for cfg in cfgs}) > 1
+        setting.key.removesuffix(".name")
+        for setting in MEMBER_SETTINGS
+        if setting.printed and len({str(setting.value(cfg)) for cfg in cfgs}) > 1
     ]
 
 
 # The keys of a config's ``module`` node that the module takes (runs from before the batched
 # launcher saved a few more, which the module now derives).
 MODULE_SETTINGS = (
-    "log_every_n_steps",
+    "loss_window",
     "diagnostics_every_n_steps",
     "diagnostics_window",
     "trace",
@@ -122,20 +137,12 @@ def build_module(cfgs: Sequence[DictConfig]) -> LitClassifier:
     for cfg in cfgs:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         networks.append(instantiate(cfg.model))
-    members = [
-        Member(
-            cfg.activation.name, cfg.loss.name, log_base_value(cfg.loss.log_base), cfg.optimizer.lr
-        )
-        for cfg in cfgs
-    ]
+    members = [member(cfg) for cfg in cfgs]
     first = cfgs[0]
-    optimizer = OmegaConf.to_container(first.optimizer, resolve=True)
-    settings = {k: v for k, v in optimizer.items() if k not in NOT_SETTINGS}
     module = first.get("module") or {}
     return LitClassifier(
         MemberStack(networks),
         members,
-        OPTIMIZERS[optimizer["_target_"]],
-        settings,
+        instantiate(first.optimizer, _convert_="all"),  # the rule with its settings (partial)
         **{key: module[key] for key in MODULE_SETTINGS if key in module},
     )

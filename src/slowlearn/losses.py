@@ -70,11 +70,6 @@ LOSSES = ("mse", "bce", "nll")
 LOG_LOSSES = ("bce", "nll")
 
 
-def check_choice(kind: str, value: str, valid: tuple[str, ...] | dict) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(valid)}")
-
-
 # Per-sample objectives over the c outputs (the last axis). y: float targets shaped like z.
 
 
@@ -132,12 +127,9 @@ def objective(activation: str, loss: str, base: float = math.e) -> Objective:
 
     The returned callable takes logits ``[..., N, c]`` (``[N]`` for a single binary output) and
     targets, and returns the mean over N for each leading index. ``base`` sets the logarithm of
-    the cross-entropy objectives (2 gives bits); MSE has no log.
+    the cross-entropy objectives (2 gives bits); MSE has no log. The names come from a config
+    that ``slowlearn.checks`` has checked (bce and nll need probabilities: no identity).
     """
-    check_choice("activation", activation, ACTIVATIONS)
-    check_choice("loss", loss, LOSSES)
-    if loss in LOG_LOSSES and ACTIVATIONS[activation].log_outputs is None:
-        raise ValueError(f"{activation}+{loss}: {activation} outputs are no probabilities")
     output, per_sample = ACTIVATIONS[activation], PER_SAMPLE[loss]
     scale = 1.0 if loss == "mse" or base == math.e else 1.0 / math.log(base)
 

@@ -4,7 +4,7 @@ Per-step values (losses, traces, diagnostics) wait on the device and reach the l
 per chunk, in one host transfer for all members, which starts when the chunk's steps are
 queued and is read one chunk later (``hand_over``, then ``flush``): a GPU never waits for the
 host's logging between chunks. ``train/loss`` is the mean over each window
-of ``log_every_n_steps``; the diagnostics are means over windows of at least
+of ``loss_window`` steps; the diagnostics are means over windows of at least
 ``diagnostics_window`` steps; histograms are written once per epoch. A value is logged at the
 number of updates made before it was computed, the x-axis of every curve. A member whose loss
 stopped being finite is recorded as diverged, with its step, and gets nothing more.
@@ -92,13 +92,13 @@ class MemberLogs:
         layer_names: Sequence[str],
         layer_fields: Sequence[str],
         trace_names: Sequence[str],
-        log_every_n_steps: int,
+        loss_window: int,
         diagnostics_every_n_steps: int,
         diagnostics_window: int,
     ) -> None:
         self.layer_names, self.layer_fields = list(layer_names), list(layer_fields)
         self.trace_names = ["train/output", *trace_names]
-        self.log_every_n_steps = log_every_n_steps
+        self.loss_window = loss_window
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
         self.diagnostics_window = diagnostics_window
         self.loggers: list[list[Logger]] = [[] for _ in range(members)]  # each member's own
@@ -166,7 +166,7 @@ class MemberLogs:
                 history.last_finite_loss = value
                 history.interval_sum += value
                 history.interval_count += 1
-                if (step + 1) % self.log_every_n_steps == 0:
+                if (step + 1) % self.loss_window == 0:
                     history.last_logged_loss = history.interval_sum / history.interval_count
                     self.log(member, {"train/loss": history.last_logged_loss}, step)
                     history.interval_sum, history.interval_count = 0.0, 0

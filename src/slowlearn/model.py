@@ -7,6 +7,8 @@ architecture on a leading axis (a linear weight ``[out, in]`` becomes ``[R, in, 
 ``stacked_layout``) and trains them as one program: ``torch.baddbmm`` applies each member's
 weights to its own mini-batch.
 Both return logits z; the output activation and the objective live in ``slowlearn.losses``.
+Only configs build them, checked at start-up (``slowlearn.checks``): the names and values they
+take are not checked again here.
 """
 
 from __future__ import annotations
@@ -43,8 +45,6 @@ def initialise_(layer: nn.Linear, init: str) -> None:
     """
     if init == "default":
         return
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; valid choices: {', '.join(INITS)}")
     with torch.no_grad():
         if init == "xavier":
             nn.init.xavier_uniform_(layer.weight)
@@ -57,8 +57,6 @@ def initialise_(layer: nn.Linear, init: str) -> None:
 
 def scale_output_init_(layer: nn.Linear, scale: float) -> None:
     """w, b ~ N(0, scale^2) in place: the output layer's own init (``output_init_scale``)."""
-    if not (isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0):
-        raise ValueError(f"output_init_scale={scale!r} is not allowed: null or a positive number")
     with torch.no_grad():
         layer.weight.normal_(0.0, float(scale))
         layer.bias.normal_(0.0, float(scale))
@@ -122,11 +120,6 @@ class DMLP(nn.Sequential):
         """``init`` draws every layer's weights and biases; ``output_init_scale`` s, when set,
         draws the output layer's from N(0, s^2) instead, so that how saturated the outputs
         start can be set apart from the hidden layers' init."""
-        if hidden_activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(
-                f"unknown hidden_activation {hidden_activation!r}; "
-                f"valid choices: {', '.join(HIDDEN_ACTIVATIONS)}"
-            )
         sizes = [in_features, *hidden_sizes, out_features]
         layers: list[nn.Module] = []
         for index, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -184,12 +177,7 @@ class Neuron(nn.Module):
         self, start: Sequence[float] = (2.0, 2.0), output_init_scale: float | None = None
     ) -> None:
         # The key exists for every model so that a run's settings name it; the neuron's one
-        # unit starts from ``start``, so a scale would contradict it.
-        if output_init_scale is not None:
-            raise ValueError(
-                f"output_init_scale={output_init_scale!r} is not allowed for the neuron: null "
-                "(its start sets its weights)"
-            )
+        # unit starts from ``start``, so only null is allowed (slowlearn.checks).
         super().__init__()
         w, b = start
         self.w = nn.Parameter(torch.tensor(float(w)))

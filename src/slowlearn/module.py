@@ -13,7 +13,7 @@ checkpoints written and read by ``slowlearn.checkpoints``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -38,9 +38,8 @@ class LitClassifier(pl.LightningModule):
         self,
         network: MemberStack,
         members: Sequence[Member],
-        optimizer: type[MemberOptimizer],
-        optimizer_settings: dict[str, Any],
-        log_every_n_steps: int = 10,
+        optimizer: Callable[..., MemberOptimizer],
+        loss_window: int = 10,
         diagnostics_every_n_steps: int = 10,
         diagnostics_window: int = 100,
         trace: bool = False,
@@ -51,7 +50,7 @@ class LitClassifier(pl.LightningModule):
         self.automatic_optimization = False
         self.network = network  # registered here: the checkpoint's keys are network.*
         self.step = MemberStep(network, members, diagnostics_every_n_steps, trace)
-        self.optimizer_class, self.optimizer_settings = optimizer, optimizer_settings
+        self.optimizer_rule = optimizer  # the rule with its settings; step gives the lrs
         self.backward_hooks = backward_hooks
         self.plain_backward = False  # decided in on_fit_start, once the strategy is known
         self.cuda_graphs = cuda_graphs  # auto: on for one CUDA device
@@ -62,7 +61,7 @@ class LitClassifier(pl.LightningModule):
             network.layer_names,
             diagnostics.layer_fields(network.layer_names, self.step.sigmoid_hidden),
             self.step.trace_names(),
-            log_every_n_steps,
+            loss_window,
             diagnostics_every_n_steps,
             diagnostics_window,
         )
@@ -97,7 +96,7 @@ class LitClassifier(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> MemberOptimizer:
-        return self.step.make_optimizer(self.optimizer_class, self.optimizer_settings)
+        return self.step.make_optimizer(self.optimizer_rule)
 
     # ------------------------------------------------------------ training
 

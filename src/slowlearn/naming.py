@@ -24,19 +24,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from slowlearn.records import RUN_SETTINGS
+from slowlearn.records import RUN_SETTINGS, SETTING_TABLE
 
 CELL_KEYS = ("cell", "activation", "loss")  # the name's first part says them
-SHORT_NAMES = {
-    "optimizer.lr": "lr",
-    "model.init": "init",
-    "model.hidden_sizes": "hidden",
-    "model.hidden_activation": "units",
-    "data.batch_size": "batch",
-    "trainer.max_epochs": "epochs",
-    "loss.log_base": "base",
-    "model.output_init_scale": "outscale",
-}
+# A name's word for a setting's config key (records.SETTING_TABLE).
+SHORT_NAMES = {s.key: s.short for s in SETTING_TABLE if s.short}
 # A swept key that only picks another key's value from a table is named by that value: the
 # runs of experiment=long sweep lr_position (below, best, above) and are named lr0.3, lr1, ...
 NAMED_BY = {"lr_position": "optimizer.lr"}
@@ -137,7 +129,8 @@ def resolve_varied_settings() -> list[str]:
     return settings_of_keys(swept_keys(str(HydraConfig.get().sweep.dir)))
 
 
-def if_set(value: str, when_set: str, otherwise: str) -> str:
+def if_set(value: str | None, when_set: str, otherwise: str) -> str:
+    """``${if_set:${resume},a,b}``: ``a`` where a value is set (not null, not empty), else ``b``."""
     return when_set if value else otherwise
 
 

@@ -280,7 +280,7 @@ class Adam(MemberOptimizer):
 # The keys of an optimizer config that are not settings of its rule: Hydra's, and the lr, which
 # each member has its own of.
 NOT_SETTINGS = ("_target_", "_partial_", "lr")
+# The update rules, by the ``_target_`` that names them in an optimizer config.
 OPTIMIZERS: dict[str, type[MemberOptimizer]] = {
-    "torch.optim.SGD": SGD,
-    "torch.optim.Adam": Adam,
+    f"{rule.__module__}.{rule.__name__}": rule for rule in (SGD, Adam)
 }

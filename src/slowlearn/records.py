@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +24,47 @@ from slowlearn.internals import tensorboard_writer
 VAL_ACC_TARGET = 0.9  # "steps to 90% val accuracy": how fast an objective learns
 HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
 
-# The settings that tell runs apart: name -> key in the config. TensorBoard's HPARAMS tab and
-# the report's summary.csv both show them, with ``depth`` (the number of hidden layers).
-RUN_SETTINGS = {
-    "activation": "activation.name",
-    "loss": "loss.name",
-    "log_base": "loss.log_base",
-    "init": "model.init",
-    "output_init_scale": "model.output_init_scale",  # None: the output layer keeps init's
-    "hidden_sizes": "model.hidden_sizes",
-    "hidden_activation": "model.hidden_activation",
-    "start": "model.start",  # the neuron's (w, b)
-    "optimizer": "optimizer._target_",
-    "lr": "optimizer.lr",
-    "momentum": "optimizer.momentum",
-    "batch_size": "data.batch_size",
-    "dataset": "data.dataset",
-    "max_epochs": "trainer.max_epochs",
-    "seed": "seed",
-}
-SETTINGS = (*RUN_SETTINGS, "depth")
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting that tells runs apart, as every list of them names it."""
+
+    name: str  # its column in TensorBoard's HPARAMS tab and the report's summary.csv
+    key: str | None  # its config key; None: worked out from the others (the depth)
+    short: str | None = None  # a run name's word for it (naming.label); None: the key's last part
+    # Where a report's labels name it, first to last (report.runs.context_settings); None: the
+    # cell and the seed, which labels show otherwise.
+    label: int | None = None
+    default: Any = None  # its value where a config lacks the key
+
+
+# The settings that tell runs apart, in the order of the HPARAMS tab and summary.csv. A label
+# leaves out a setting that the ones before it determine (momentum with the optimizer,
+# hidden_sizes with the depth); lr comes late: an lr that only follows the optimizer is no lr
+# sweep.
+SETTING_TABLE = (
+    Setting("activation", "activation.name"),
+    Setting("loss", "loss.name"),
+    # mse takes no log, so its config has no log base: natural, as the objectives' default.
+    Setting("log_base", "loss.log_base", short="base", label=3, default="e"),
+    Setting("init", "model.init", label=4),
+    # None: the output layer keeps init's.
+    Setting("output_init_scale", "model.output_init_scale", short="outscale", label=5),
+    Setting("hidden_sizes", "model.hidden_sizes", short="hidden", label=7),
+    Setting("hidden_activation", "model.hidden_activation", short="units", label=8),
+    Setting("start", "model.start", label=2),  # the neuron's (w, b)
+    Setting("optimizer", "optimizer._target_", label=1),
+    Setting("lr", "optimizer.lr", label=12),
+    Setting("momentum", "optimizer.momentum", label=11),
+    Setting("batch_size", "data.batch_size", short="batch", label=9),
+    Setting("dataset", "data.dataset", label=0),
+    Setting("max_epochs", "trainer.max_epochs", short="epochs", label=10),
+    Setting("seed", "seed"),
+    Setting("depth", None, label=6),  # the number of hidden layers
+)
+SETTINGS = tuple(setting.name for setting in SETTING_TABLE)
+# name -> config key, of the settings a config holds.
+RUN_SETTINGS = {s.name: s.key for s in SETTING_TABLE if s.key is not None}
 
 
 def write_atomically(path: Path, payload: bytes, durable: bool = True) -> None:
@@ -65,12 +87,17 @@ def write_atomically(path: Path, payload: bytes, durable: bool = True) -> None:
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The SETTINGS of a plain (resolved) config, None where one does not apply; the optimizer
     by its class name, the depth as the number of hidden layers."""
-    values = {}
-    for name, key in RUN_SETTINGS.items():
-        value: Any = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        values[name] = value
+    values: dict[str, Any] = {}
+    for setting in SETTING_TABLE:
+        if setting.key is None:
+            values[setting.name] = None  # below
+            continue
+        node: Any = config
+        *parents, last = setting.key.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        found = isinstance(node, Mapping)
+        values[setting.name] = node.get(last, setting.default) if found else None
     values["optimizer"] = str(values["optimizer"]).rsplit(".", 1)[-1]
     sizes = values["hidden_sizes"]
     values["depth"] = len(sizes) if isinstance(sizes, list | tuple) else None

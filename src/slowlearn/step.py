@@ -40,8 +40,7 @@ class Cell(NamedTuple):
 
 @dataclass(frozen=True)
 class Member:
-    """What may differ between the members of a group, besides the initial weights and the
-    data order, which come from the seed."""
+    """What the step needs of a member's settings (``groups.MEMBER_SETTINGS`` fills it)."""
 
     activation: str
     loss: str
@@ -53,8 +52,9 @@ class Member:
         return self.activation, self.loss, self.log_base
 
 
-def log_base_value(base: str | float) -> float:
-    return math.e if base == "e" else float(base)
+def log_base_value(base: str | float | None) -> float:
+    """A loss's log base as a number: ``e``, or none given (mse takes no log), is natural."""
+    return math.e if base is None or base == "e" else float(base)
 
 
 @dataclass
@@ -112,17 +112,16 @@ class MemberStep:
         self.eval_sums: dict[str, Tensor] = {}
         self.optimizer: MemberOptimizer | None = None
 
-    def make_optimizer(
-        self, rule: type[MemberOptimizer], settings: dict[str, Any]
-    ) -> MemberOptimizer:
-        """The update of every member with its own lr. A single run has no other members to
+    def make_optimizer(self, rule: Callable[..., MemberOptimizer]) -> MemberOptimizer:
+        """The update of every member with its own lr: ``rule`` is an update rule of
+        ``slowlearn.optimizers`` with its settings (the config's, a partial; its lr is the
+        first member's, and the members' own replace it). A single run has no other members to
         protect: its divergence ends it (at the next flush), so it freezes nothing."""
         self.optimizer = rule(
             list(self.network.stacked),
-            [member.lr for member in self.members],
+            lr=[member.lr for member in self.members],
             selected=self.network.input_layer_parameters(),
             freeze=len(self.members) > 1,
-            **settings,
         )
         return self.optimizer
 

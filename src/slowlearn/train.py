@@ -33,7 +33,7 @@ from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 
 from slowlearn.checkpoints import LAST, MemberCheckpoints
-from slowlearn.checks import check_config, unknown_group_option
+from slowlearn.checks import check_config, in_current_keys, renamed_key, unknown_group_option
 from slowlearn.errors import ConfigError
 from slowlearn.group_resume import resume_path
 from slowlearn.groups import build_module
@@ -148,7 +148,7 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
             f"{', '.join(refused)} is not allowed with resume: a resumed run keeps its own "
             f"config; only {', '.join(RESUME_MAY_CHANGE)} may change"
         )
-    resumed = OmegaConf.load(saved)
+    resumed = in_current_keys(OmegaConf.load(saved))
     resumed.resume = str(run_dir)
     record = read_metrics(run_dir)
     # Its name as its sweep gave it (the name of a sweep's member depends on the sweep).
@@ -183,7 +183,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str]) -> Job:
     """Check a run's config and resolve it, before any data or training work. Raises
     ConfigError with one line naming the bad value."""
     checkpoint = None
-    if not OmegaConf.is_missing(cfg, "resume"):
+    if cfg.get("resume"):
         cfg, checkpoint = resumed_config(cfg, overrides)
     check_config(cfg)
     job = Job.resolved(cfg, checkpoint)
@@ -393,6 +393,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if problem := unknown_group_option(sys.argv[1:]):
+    if problem := renamed_key(sys.argv[1:]) or unknown_group_option(sys.argv[1:]):
         sys.exit(f"error: {problem}")
     main()

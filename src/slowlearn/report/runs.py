@@ -14,7 +14,7 @@ from typing import Any
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from slowlearn.records import SETTINGS, read_metrics, run_settings
+from slowlearn.records import SETTING_TABLE, SETTINGS, read_metrics, run_settings
 
 # The why, measured over the fixed training images (``diag/fixed/``) at step 0 and after
 # epoch 1: result name -> tag.
@@ -48,23 +48,9 @@ ERROR_SIGNAL = "diag/error_signal/true_class"
 CHANCE = 0.15
 CHANCE_TEXT = "val accuracy below 15%; chance itself is 10%"
 SEED_PART = re.compile(r"(^|/)seed[^/]*$")  # the last part of a sweep's run name
-# The settings that may tell groups apart, in the order a label names them; a setting that the
-# ones before it determine (momentum with the optimizer, hidden_sizes with the depth) is left
-# out. lr comes late: an lr that only follows the optimizer is no lr sweep.
-CONTEXT_ORDER = (
-    "dataset",
-    "optimizer",
-    "start",
-    "log_base",
-    "init",
-    "output_init_scale",
-    "depth",
-    "hidden_sizes",
-    "hidden_activation",
-    "batch_size",
-    "max_epochs",
-    "momentum",
-    "lr",
+# The settings that may tell groups apart, in the order a label names them.
+CONTEXT_ORDER = tuple(
+    s.name for s in sorted((s for s in SETTING_TABLE if s.label is not None), key=lambda s: s.label)
 )
 
 
