@@ -50,7 +50,9 @@ def initialise_(layer: nn.Linear, init: str) -> None:
             nn.init.xavier_uniform_(layer.weight)
             layer.bias.zero_()
             return
-        weight_std = 1.0 / math.sqrt(layer.in_features) if init == "scaled_normal" else 1.0
+        # checks.py names a bad init to the user; a lookup keeps any other caller from
+        # silently getting the large init.
+        weight_std = {"scaled_normal": 1.0 / math.sqrt(layer.in_features), "large": 1.0}[init]
         layer.weight.normal_(0.0, weight_std)
         layer.bias.normal_(0.0, 1.0)
 
