@@ -382,37 +382,71 @@ def startup(args: argparse.Namespace, sweep_dir: Path) -> dict[str, Any]:
 
 def bench_sweep(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """The two commands taking turns (no warm-up: each is a cold start, as a user's is), a
-    single run's command beside each pair, then the group against the floor."""
-    commands: dict[str, list[dict[str, Any]]] = {launcher: [] for launcher in LAUNCHERS}
-    single = []
-    for index in range(args.repeats):
-        for launcher in LAUNCHERS:
-            result = sweep_command(launcher, args.runs / f"{launcher}{index}", args)
-            commands[launcher].append(result)
-            print(f"{launcher} round {index + 1}: {result['seconds']:.1f}s", flush=True)
-        command = [sys.executable, "-m", "slowlearn.train", *ABLATION, *args.overrides]
-        single.append(
-            run_process([*command, f"hydra.run.dir={args.runs / f'single{index}'}"], None)
-        )
-    start = import_seconds(None)
-    return {
-        "commands": commands,
-        "single_run": single,
-        "import_seconds": start,
-        "startup": startup(args, args.runs / "batched0"),
-        "step": step_against_bare(args, device),
-        "group_rounds": group_against_floor(args, device),
-    }
+    single run's command beside each pair, then the start-up, the step against the bare loop
+    and the group against the floor: those of ``args.parts``."""
+    sweep: dict[str, Any] = {}
+    if "commands" in args.parts:
+        commands: dict[str, list[dict[str, Any]]] = {launcher: [] for launcher in LAUNCHERS}
+        single = []
+        for index in range(args.repeats):
+            for launcher in LAUNCHERS:
+                result = sweep_command(launcher, args.runs / f"{launcher}{index}", args)
+                commands[launcher].append(result)
+                print(f"{launcher} round {index + 1}: {result['seconds']:.1f}s", flush=True)
+            command = [sys.executable, "-m", "slowlearn.train", *ABLATION, *args.overrides]
+            single.append(
+                run_process([*command, f"hydra.run.dir={args.runs / f'single{index}'}"], None)
+            )
+        sweep |= {"commands": commands, "single_run": single}
+        sweep["import_seconds"] = import_seconds(None)
+    if "startup" in args.parts:
+        report_sweep = args.report_sweep or args.runs / "batched0"
+        if not report_sweep.is_dir():
+            sys.exit("--parts startup without commands needs --report-sweep <ablation sweep>")
+        sweep["startup"] = startup(args, report_sweep)
+    if "step" in args.parts:
+        sweep["step"] = step_against_bare(args, device)
+    if "floor" in args.parts:
+        sweep["group_rounds"] = group_against_floor(args, device)
+    return sweep
 
 
 def sweep_markdown(report: dict[str, Any]) -> str:
     env, sweep = report["environment"], report["sweep"]
+    lines = [
+        f"Sweep benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
+        f"{env['device']}, {env['cores']} cores, {env['threads']} threads, torch "
+        f"{env['torch']}, Lightning {env['pytorch_lightning']}; {report['repeats']} rounds, "
+        "the setups taking turns, ratios taken round by round.",
+        "",
+    ]
+    if "commands" in sweep:
+        lines += commands_markdown(sweep)
+    if "step" in sweep:
+        lines += [*step_markdown(sweep["step"]), ""]
+    if "startup" in sweep:
+        lines += [*startup_markdown(sweep["startup"]), ""]
+    if "group_rounds" in sweep:
+        group = [r["group"] / r["floor_sum"] for r in sweep["group_rounds"]]
+        lines += [
+            "| measure | group | floor | ratio, median (min–max) | target |",
+            "|---|---:|---:|---:|---|",
+            "| training steps of one 18-member group vs the sum of their 18 floor epochs "
+            f"(1 epoch), s | {fmt(spread([r['group'] for r in sweep['group_rounds']]), 2)} | "
+            f"{fmt(spread([r['floor_sum'] for r in sweep['group_rounds']]), 2)} | "
+            f"{fmt(spread(group), 3)} "
+            f"| {verdict(statistics.median(group), SWEEP_TARGETS['group_training'])} |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def commands_markdown(sweep: dict[str, Any]) -> list[str]:
     commands = sweep["commands"]
     ratios = [
         batched["seconds"] / basic["seconds"]
         for batched, basic in zip(commands["batched"], commands["basic"], strict=True)
     ]
-    group = [r["group"] / r["floor_sum"] for r in sweep["group_rounds"]]
     batched_peak = max(r["peak_rss_mib"] for r in commands["batched"])
     single_peak = max(r["peak_rss_mib"] for r in sweep["single_run"])
     accuracies = [
@@ -422,22 +456,12 @@ def sweep_markdown(report: dict[str, Any]) -> str:
     ]
 
     lines = [
-        f"Sweep benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
-        f"{env['device']}, {env['cores']} cores, torch {env['torch']}, Lightning "
-        f"{env['pytorch_lightning']}; {report['repeats']} rounds, the two launchers taking "
-        "turns, ratios taken round by round.",
-        "",
         "| measure | batched | basic | ratio, median (min–max) | target |",
         "|---|---:|---:|---:|---|",
         f"| the 18-run ablation command (3 epochs), s | "
         f"{fmt(spread([r['seconds'] for r in commands['batched']]), 1)} | "
         f"{fmt(spread([r['seconds'] for r in commands['basic']]), 1)} | {fmt(spread(ratios), 3)} "
         f"| {verdict(statistics.median(ratios), SWEEP_TARGETS['command'])} |",
-        f"| training steps of one 18-member group vs the sum of their 18 floor epochs "
-        f"(1 epoch), s | {fmt(spread([r['group'] for r in sweep['group_rounds']]), 2)} | "
-        f"{fmt(spread([r['floor_sum'] for r in sweep['group_rounds']]), 2)} (floor) | "
-        f"{fmt(spread(group), 3)} "
-        f"| {verdict(statistics.median(group), SWEEP_TARGETS['group_training'])} |",
         f"| peak resident memory, MiB: batched command vs one single run | {batched_peak:.0f} | "
         f"{single_peak:.0f} (single run) | {batched_peak / single_peak:.2f} | "
         f"{verdict(batched_peak / single_peak, SWEEP_TARGETS['memory'])} |",
@@ -468,8 +492,7 @@ def sweep_markdown(report: dict[str, Any]) -> str:
             f"| {launcher} | {start:.1f} | {cells} | {rest:.1f} | {total:.1f} "
             f"| {report_seconds:.1f} |"
         )
-    lines += ["", *step_markdown(sweep["step"]), "", *startup_markdown(sweep["startup"])]
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
 
 
 def step_markdown(step: dict[str, Any]) -> list[str]:
@@ -525,8 +548,20 @@ def startup_markdown(startup: dict[str, Any]) -> list[str]:
     return lines
 
 
+PARTS = ("commands", "startup", "step", "floor")
+
+
 def main() -> None:
-    args = parser(__doc__, repeats=2).parse_args()
+    options = parser(__doc__, repeats=2)
+    options.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure"
+    )
+    options.add_argument(
+        "--report-sweep",
+        type=Path,
+        help="the ablation sweep that startup's make report reads, without --parts commands",
+    )
+    args = options.parse_args()
     device = begin(args)
     report = report_header(args, device)
     report["sweep"] = bench_sweep(args, device)
