@@ -328,7 +328,7 @@ STARTUP_COMMANDS = {
     "python -m slowlearn.report": "slowlearn.report",
     "python -m slowlearn.report.results": "slowlearn.report.results",
 }
-# The packages whose import time the table names (with their own imports), if imported.
+# The packages whose modules' import time the table names, if imported.
 IMPORTED = (
     "torch",
     "pytorch_lightning",
@@ -338,12 +338,15 @@ IMPORTED = (
     "hydra",
     "matplotlib",
     "numpy",
+    "sympy",
+    "triton",
 )
 
 
 def import_times(module: str) -> dict[str, float]:
-    """``python -X importtime -c 'import <module>'``: seconds in all, and in each of IMPORTED
-    where it is first imported (a package's time includes the imports it makes)."""
+    """``python -X importtime -c 'import <module>'``: seconds in all, and the time spent in
+    the modules of each of IMPORTED that it imports (their own code, summed: a package's
+    imports of other packages count for those)."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
         cwd=REPO,
@@ -352,15 +355,18 @@ def import_times(module: str) -> dict[str, float]:
         capture_output=True,
         text=True,
     )
-    cumulative: dict[str, float] = {}
+    total, own = 0.0, dict.fromkeys(IMPORTED, 0.0)
     for line in result.stderr.splitlines():
         fields = line.removeprefix("import time:").split("|")
-        if len(fields) == 3 and fields[1].strip().isdigit():
-            name = fields[2].strip()
-            cumulative[name] = max(cumulative.get(name, 0.0), int(fields[1]) / 1e6)
-    return {"total": cumulative.get(module, 0.0)} | {
-        name: cumulative[name] for name in IMPORTED if name in cumulative
-    }
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue
+        name = fields[2].strip()
+        if name == module:
+            total = int(fields[1]) / 1e6
+        package = name.split(".")[0]
+        if package in own:
+            own[package] += int(fields[0]) / 1e6
+    return {"total": total} | {name: seconds for name, seconds in own.items() if seconds}
 
 
 def startup(args: argparse.Namespace, sweep_dir: Path) -> dict[str, Any]:
@@ -536,8 +542,8 @@ def startup_markdown(startup: dict[str, Any]) -> list[str]:
         f"import torch {fmt(spread([r['import_torch'] for r in rounds]), 2)} s; "
         f"{verdict(report / torch_only, 1.0, under=True)} (ratio {report / torch_only:.2f}).",
         "",
-        "Imports of each command (`python -X importtime`, seconds, a package with the imports "
-        "it makes; empty: not imported):",
+        "Imports of each command (`python -X importtime`, seconds: in all, and in the modules "
+        "of each package, their own code; empty: not imported):",
         "",
         "| command | total | " + " | ".join(IMPORTED) + " |",
         "|---|" + "---:|" * (len(IMPORTED) + 1),
