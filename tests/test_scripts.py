@@ -1,15 +1,17 @@
 """scripts/gpu_check.sh's CPU dry run trains and benchmarks as the GPU check does (its GPU
-tests skip on a CPU); `make tensorboard` prints the URLs of its views."""
+tests skip on a CPU); `make bench-sweep`'s step and start-up parts run on tiny data; `make
+tensorboard` prints the URLs of its views."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_ARGS
 
 
 def test_gpu_check_dry_run_on_the_cpu(tiny_data: Path, tmp_path: Path) -> None:
@@ -66,3 +68,43 @@ def test_make_tensorboard_prints_the_urls_of_its_views(tmp_path: Path) -> None:
         f"settings and results of every run:   {url}/#hparams",
         "tensorboard --logdir logs/multiruns/x --port 7007",
     ]
+
+
+def test_bench_sweep_times_the_step_against_a_bare_loop_and_the_start_up(
+    tiny_data: Path, tiny_sweep: Path, tmp_path: Path
+) -> None:
+    """make bench-sweep's step and start-up parts, on tiny data: each writes its table."""
+    sweep = tmp_path / "sweep"  # the report writes into the folder it reads
+    shutil.copytree(tiny_sweep, sweep)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_sweep.py"),
+            "--repeats=1",
+            "--warmup=0",
+            "--threads=1",
+            "--parts",
+            "step",
+            "startup",
+            f"--report-sweep={sweep}",
+            f"--out={tmp_path / 'bench'}",
+            f"data.dir={tiny_data}",
+            *[arg for arg in TINY_ARGS if not arg.startswith(("trainer.max_epochs", "+"))],
+        ],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench" / "bench.json").read_text())["sweep"]
+    assert set(report) == {"step", "startup"}
+    step = report["step"]
+    assert step["rounds"][0]["group_ms"] > 0 and step["rounds"][0]["bare_ms"] > 0
+    assert step["group_phases_ms"]["backward"] > 0 and step["bare_phases_ms"]["update"] > 0
+    assert set(report["startup"]["imports"]["python -m slowlearn.report"]).isdisjoint(
+        {"torch", "pytorch_lightning"}
+    )
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| ms per training step |" in table and "import torch" in table
