@@ -10,7 +10,10 @@
 #      scripts/bench_epoch.py, as there are no CUDA graphs on a CPU): eager and
 #      graphed steps side by side, a graphed plain-PyTorch floor beside the eager one, the
 #      18-member ablation group and the commands of `make sweep`,
-#   6. prints a short table.
+#   6. on CUDA (or with STUDIES=1), times whole studies within 6 minutes
+#      (scripts/study_times.py: ablation, lr_fair at max_members 64, 128 and one group, depth,
+#      optimizers; whatever would pass the budget is skipped and named),
+#   7. prints a short table.
 # Every step runs even when an earlier one fails; the exit status says whether all passed.
 # It is meant to take under 5 minutes on an H200, so that it can run twice in a 15-minute
 # device budget.
@@ -121,6 +124,12 @@ run_step train timeout 150 "$PYTHON" -m slowlearn.train "${data_args[@]}" "${tra
 run_step bench timeout 330 "$PYTHON" "$bench" "${bench_args[@]}" \
   "${extra_bench_args[@]}" --out "$OUT/bench" "${data_args[@]}"
 
+if [[ $mode == cuda || ${STUDIES:-0} == 1 ]]; then
+  tiny=(); [[ $mode == cpu ]] && tiny=(--tiny threads=1)
+  run_step studies timeout 400 "$PYTHON" scripts/study_times.py --out "$OUT/studies" \
+    --budget "${STUDY_BUDGET:-360}" "${tiny[@]}" "${data_args[@]}"
+fi
+
 {
   echo "## GPU check, $(date -u +%Y-%m-%dT%H:%MZ), mode $mode"
   echo
@@ -145,6 +154,7 @@ print(f"Training run: {r['status']} on {r.get('device')}, test accuracy {accurac
       f"{listed('epoch_training_seconds')}\n")
 EOF
   [[ -f $OUT/bench/bench.md ]] && cat "$OUT/bench/bench.md"
+  [[ -f $OUT/studies/studies.md ]] && echo && cat "$OUT/studies/studies.md"
 } > "$OUT/summary.md"
 cat "$OUT/summary.md"
 echo "results in $OUT"

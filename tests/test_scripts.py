@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, TINY_ARGS
 
 
@@ -108,3 +110,36 @@ def test_bench_sweep_times_the_step_against_a_bare_loop_and_the_start_up(
     )
     table = (tmp_path / "bench" / "bench.md").read_text()
     assert "| ms per training step |" in table and "import torch" in table
+
+
+@pytest.mark.slow
+def test_the_study_stage_times_each_study_on_a_tiny_grid(tiny_data: Path, tmp_path: Path) -> None:
+    """The GPU check's study stage, dry run on the CPU: every study runs, its time is split,
+    and a budget too small for the rest skips them by name."""
+    script = str(REPO / "scripts" / "study_times.py")
+    args = [sys.executable, script, "--out", str(tmp_path), "--tiny", "threads=1"]
+    args += [f"data.dir={tiny_data}"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "studies.json").read_text())["rows"]
+    assert [row["study"] for row in rows] == [
+        "ablation",
+        "lr_fair, max_members 64",
+        "lr_fair, max_members 128",
+        "lr_fair, one group",
+        "depth",
+        "optimizers",
+    ]
+    assert all(row["status"] == "ok" and row["training"] > 0 for row in rows)
+    assert [row["groups"] for row in rows] == [1, 1, 1, 1, 2, 1]  # depth: two models
+    cut = subprocess.run(
+        [*args[:3], str(tmp_path / "cut"), "--budget", "1", *args[4:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cut.returncode == 0
+    assert "Skipped to stay within the budget: ablation, lr_fair, max_members 64" in (
+        (tmp_path / "cut" / "studies.md").read_text()
+    )
