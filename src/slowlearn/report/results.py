@@ -275,7 +275,7 @@ def readme_block(sections: list[Section], out: Path, readme: Path) -> str:
         ]
         why = first_why(section.report)
         if why and why != first_finding(section.report):
-            lines += ["", why]
+            lines[-1] += f" {why}"  # one paragraph a study
         figure = first_figure(relink(section.report, sweep, images, readme.parent, {}))
         if figure:
             lines += ["", f"![{sweep.title}]({figure})"]
