@@ -84,7 +84,7 @@ lint: $(INSTALLED)
 test: lint
 	$(VENV)/bin/pytest
 
-test-slow: $(INSTALLED)  ## the slow tests: submitit jobs, each a process of its own (CI runs them)
+test-slow: $(INSTALLED)  ## the slow tests: submitit jobs and script dry runs (CI runs them)
 	$(VENV)/bin/pytest -m slow -n 0
 
 delete-data-and-logs:  ## deletes datasets, every run, sweep and checkpoint; asks unless FORCE=1

@@ -34,14 +34,10 @@ torch.set_num_threads(1)  # two pytest workers on two cores: one thread each
 __all__ = ["read_metrics", "read_scalars"]  # shared with the test modules
 
 
-# The test files that take longest (wall seconds on 2 cores: 56-70, 34-40, 49, 41, 28, 19-25),
-# first: each worker takes the next file when it is done with one, so a long file started last
-# leaves the other worker idle (with test_scripts.py last the suite took 187 s, with this order
-# 165 s). test_scripts.py goes beside test_run_faults.py because it needs no tiny sweep, which
-# test_run_faults.py builds first and test_batched.py would wait for.
+# The test files that take longest, first: each worker takes the next file when it is done
+# with one, so a long file started last would leave the other worker idle.
 LONGEST_FILES_FIRST = (
     "test_run_faults.py",
-    "test_scripts.py",  # one test, but four processes: xdist would start it last
     "test_presets.py",  # four tiny preset sweeps
     "test_batched.py",
     "test_launchers.py",

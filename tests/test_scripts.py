@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import REPO, TINY_ARGS
 
 
+@pytest.mark.slow  # a minute of processes: make test-slow (CI runs it)
 def test_gpu_check_dry_run_on_the_cpu(tiny_data: Path, tmp_path: Path) -> None:
     env = dict(
         os.environ,
@@ -72,6 +73,7 @@ def test_make_tensorboard_prints_the_urls_of_its_views(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow  # several benchmark processes: make test-slow (CI runs it)
 def test_bench_sweep_times_the_step_against_a_bare_loop_and_the_start_up(
     tiny_data: Path, tiny_sweep: Path, tmp_path: Path
 ) -> None:
