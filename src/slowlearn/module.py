@@ -92,7 +92,9 @@ class LitClassifier(pl.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [self.timer]  # after the trainer's own callbacks, as the module's hooks are
+        # After the trainer's own callbacks, as the module's hooks are. Lightning asks again at
+        # test time, when the timer is already there: it would announce replacing it by itself.
+        return [] if self.timer in self.trainer.callbacks else [self.timer]
 
     @override
     def configure_optimizers(self) -> MemberOptimizer:
