@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from slowlearn.cells import CELLS
 from slowlearn.report.runs import CHANCE, Group, Run, context_text
-from slowlearn.report.tables import BestLr, lr_text
+from slowlearn.report.tables import BestLr, by_value, lr_text
 
 # One colour per cell in every figure and every row, in the cells' declared order.
 CELL_ORDER = tuple(cell.name for cell in CELLS)
@@ -210,7 +210,8 @@ def dose_png(folder: Path, choices: list[BestLr]) -> bytes:
     fig = Figure(figsize=(13, 5.4))
     FigureCanvasAgg(fig)
     by_pairs, by_scale = fig.subplots(1, 2)
-    doses = sorted({dict(c.context).get(DOSE) for c in choices}, key=lambda s: (s != "none", s))
+    # By value, the model's own init first: as text, s=10 would come before s=3.
+    doses = sorted({dict(c.context).get(DOSE) for c in choices}, key=by_value)
     positions = {dose: index for index, dose in enumerate(doses)}
     lines: dict[tuple, list[BestLr]] = {}
     for choice in choices:
