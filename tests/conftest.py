@@ -21,6 +21,8 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 
 from slowlearn.naming import register_resolvers
 from slowlearn.prepare import idx_bytes, idx_path, prepare
@@ -141,6 +143,21 @@ def runs_by_name(sweep_dir: Path) -> dict[str, Path]:
 def cell_of(run_dir: Path) -> str:
     config = read_metrics(run_dir)["config"]
     return f"{config['activation']['name']}+{config['loss']['name']}"
+
+
+def raw_values(run_dir: Path) -> dict[tuple[str, int], list[float]]:
+    """Every scalar and histogram (its sum) in the run's event files, purges not applied:
+    (tag, step): values."""
+    found: dict[tuple[str, int], list[float]] = {}
+    for path in sorted(run_dir.glob("events.out.tfevents.*")):
+        for record in RawEventFileLoader(str(path)).Load():
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    found.setdefault((value.tag, event.step), []).append(value.simple_value)
+                elif value.HasField("histo"):
+                    found.setdefault((value.tag, event.step), []).append(value.histo.sum)
+    return found
 
 
 def compose_config(*overrides: str, hydra_node: bool = True) -> DictConfig:

@@ -21,6 +21,7 @@ from tests.conftest import (
     TINY_ARGS,
     compose_config,
     env,
+    raw_values,
     read_metrics,
     read_scalars,
     run_train,
@@ -145,7 +146,8 @@ def test_a_preempted_group_is_requeued_and_resumes_to_the_uninterrupted_result(
     tiny_data: Path, tmp_path: Path
 ) -> None:
     """submitit's preemption signal (SIGUSR2) after the first epoch: the group stops at its
-    next batch, is requeued, and each member resumes from its own last checkpoint."""
+    next batch, writes each member's checkpoint there, is requeued, and each member resumes
+    from its own checkpoint, no step trained or logged twice."""
     args = [f"data.dir={tiny_data}", *TINY_ARGS, "trainer.max_epochs=6", "data.batch_size=10"]
     cfgs = [compose_config(*args, f"seed={seed}", hydra_node=False) for seed in (0, 1)]
     straight, _ = train_jobs(cfgs, tmp_path / "straight")  # the same group, uninterrupted
@@ -170,6 +172,8 @@ def test_a_preempted_group_is_requeued_and_resumes_to_the_uninterrupted_result(
         assert_close(without_times(resumed), without_times(expected))
         steps = [step for step, _ in read_scalars(run_dir)["val/acc"]]
         assert steps == sorted(set(steps)) and len(steps) == 6
+        written_twice = [key for key, values in raw_values(run_dir).items() if len(values) > 1]
+        assert not written_twice  # the requeued job went on from the stop's own step
 
 
 def test_the_slurm_script_is_one_array_with_the_signal_and_resources(

@@ -11,15 +11,18 @@ Getting the files onto disk is ``slowlearn.prepare``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from slowlearn.internals import chunks_completed
 from slowlearn.prepare import load_split, prepare, raw_dir
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,32 @@ class DeviceBatches:
             yield Chunk(self.images, self.labels, list(block.split(size, dim=-1)), block)
 
 
+class TrainingBatches(DeviceBatches):
+    """The training epochs' chunks, resumable in the middle of an epoch: Lightning saves
+    ``state_dict`` in each checkpoint and loads it before the resumed fit's first epoch, whose
+    iteration then skips the chunks already trained. The orders depend on (seed, epoch)
+    alone, so the rest of the epoch is exactly what the uninterrupted run served."""
+
+    def __init__(self, *args: Any, chunks_completed: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunks_completed = chunks_completed
+        self.resume_at: tuple[int, int] | None = None  # (epoch, chunks done) to skip once
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.current_epoch(), "chunks_completed": self.chunks_completed()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = (state["epoch"], state["chunks_completed"])
+
+    def __iter__(self) -> Iterator[Chunk]:
+        # Read when the epoch's first chunk is asked for: the epoch is set by then.
+        resume_at, self.resume_at = self.resume_at, None
+        chunks = super().__iter__()
+        if resume_at is not None and resume_at[0] == self.current_epoch():
+            chunks = itertools.islice(chunks, resume_at[1], None)
+        yield from chunks
+
+
 class ImageDataModule(pl.LightningDataModule):
     """MNIST or Fashion-MNIST: train/val from the 60k training set, test the official 10k.
 
@@ -234,8 +263,14 @@ class ImageDataModule(pl.LightningDataModule):
 
         if shuffle:
             orders = [order(seed, True) for seed in self.seeds]
-            return DeviceBatches(
-                images, labels, self.batch_size, self.steps_per_chunk, orders, current_epoch
+            return TrainingBatches(
+                images,
+                labels,
+                self.batch_size,
+                self.steps_per_chunk,
+                orders,
+                current_epoch,
+                chunks_completed=lambda: chunks_completed(trainer) if trainer else 0,
             )
         shard = order(0, False) if world_size > 1 else None
         return DeviceBatches(

@@ -3,8 +3,8 @@
 A member's ``last.ckpt`` holds its own weights, optimizer state and records in a single run's
 format (``slowlearn.checkpoints``). Lightning resumes a trainer from one file, so a group of
 resumed members gets one: the members' checkpoints stacked into the group's layout, written to
-a temporary folder for ``trainer.fit(ckpt_path=...)``. Member 0's records travel in it, as in
-a single run's; the others' are set on the module here. A single run resumes from its own file.
+a temporary folder for ``trainer.fit(ckpt_path=...)``, with every member's records in member
+order (``slowlearn.checkpoints.restore`` reads them). A single run resumes from its own file.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def stacked_checkpoint(members: Sequence[dict[str, Any]], names: Sequence[str]) 
             "resume them separately with resume=<member folder>"
         )
     group = dict(members[0])
+    group["slowlearn_members"] = [m.get("slowlearn", {}) for m in members]  # each one's records
     group["state_dict"] = {
         f"network.stacked.{index}": torch.stack(
             [stacked_layout(m["state_dict"][f"model.{name}"]) for m in members]
@@ -70,8 +71,6 @@ def resume_path(jobs: Sequence[Resumable], module: LitClassifier) -> Iterator[Pa
         raise ConfigError(f"a resumed group needs every member's checkpoint; none for {missing}")
     members = [torch.load(path, map_location="cpu", weights_only=False) for path in paths]
     group = stacked_checkpoint(members, module.network.names)
-    for history, member in zip(module.histories[1:], members[1:], strict=True):
-        history.val_history = member.get("slowlearn", {}).get("val_history", [])
     with tempfile.TemporaryDirectory(prefix="slowlearn-group-") as folder:
         path = Path(folder) / "group.ckpt"
         torch.save(group, path)

@@ -26,6 +26,11 @@ def count_optimizer_steps(trainer: Any) -> Callable[[int], None]:
     return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by
 
 
+def chunks_completed(trainer: Any) -> int:
+    """The training batches (chunks) of the current epoch whose steps are done."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+
 def tensorboard_writer(logger: Any) -> Any:
     """A TensorBoardLogger's event writer, which takes whole events and summaries."""
     return logger.experiment._get_file_writer()
@@ -55,12 +60,16 @@ def probes(trainer: Any, logger: Any) -> dict[str, bool]:
 
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     manual = getattr(loop, "manual_optimization", None)
+    progress = getattr(getattr(loop, "batch_progress", None), "current", None)
     return {
         "Trainer._checkpoint_connector.dump_checkpoint": callable(
             getattr(getattr(trainer, "_checkpoint_connector", None), "dump_checkpoint", None)
         ),
         "Trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by": (
             callable(getattr(getattr(manual, "optim_step_progress", None), "increment_by", None))
+        ),
+        "Trainer.fit_loop.epoch_loop.batch_progress.current.completed": isinstance(
+            getattr(progress, "completed", None), int
         ),
         "TensorBoardLogger.experiment._get_file_writer": callable(
             getattr(logger.experiment, "_get_file_writer", None)

@@ -3,9 +3,15 @@
 Python raises KeyboardInterrupt between any two bytecodes of the main thread: inside a
 TensorBoard writer's queue bookkeeping, it left a flush waiting for its writer thread (a
 sweep that hung after Ctrl-C). Here the first SIGINT only asks to stop; the trainer stops at
-the start of its next batch (a chunk of training steps, or an evaluation batch), where
-Lightning's own graceful shutdown takes over as if Ctrl-C had come there. A second Ctrl-C
-interrupts at once, as it would have without this.
+the start of its next chunk of training steps or test batch, where Lightning's own graceful
+shutdown takes over as if Ctrl-C had come there. A second Ctrl-C interrupts at once, as it
+would have without this.
+
+The stop is a ``StopRequested``, a KeyboardInterrupt that says where it came: at the start of
+a training chunk the members' state is whole (the last chunk's steps done, the next one not
+begun), so ``slowlearn.checkpoints`` writes each member's checkpoint at that very step.
+Validation runs to its end (one batch of a few thousand images; seconds): a stop inside it
+would leave an epoch whose end was half logged, to be logged again by the resumed run.
 """
 
 from __future__ import annotations
@@ -19,8 +25,17 @@ from typing import Any
 from pytorch_lightning.callbacks import Callback
 
 
+class StopRequested(KeyboardInterrupt):
+    """The asked-for stop; ``in_training``: at the start of a training chunk."""
+
+    def __init__(self, in_training: bool) -> None:
+        super().__init__("stopped at the next batch, as asked")
+        self.in_training = in_training
+
+
 class StopAtNextBatch(Callback):
-    """Raises KeyboardInterrupt at the start of the first batch after a Ctrl-C."""
+    """Raises KeyboardInterrupt at the start of the first training chunk or test batch after
+    a Ctrl-C."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -30,13 +45,14 @@ class StopAtNextBatch(Callback):
             raise KeyboardInterrupt
         self.requested = True
 
-    def stop_if_requested(self, *args: Any) -> None:
+    def stop_if_requested(self, *args: Any, in_training: bool = False) -> None:
         if self.requested:
             self.requested = False  # handed over to Lightning's shutdown
-            raise KeyboardInterrupt
+            raise StopRequested(in_training)
 
-    on_train_batch_start = stop_if_requested
-    on_validation_batch_start = stop_if_requested
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.stop_if_requested(in_training=True)
+
     on_test_batch_start = stop_if_requested
 
     @contextmanager

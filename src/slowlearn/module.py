@@ -68,14 +68,11 @@ class LitClassifier(pl.LightningModule):
         # The last chunk's values are logged before validation and the checkpoint, and count
         # as the training steps' time.
         self.timer = EpochTimer(end_of_steps=self.logs.flush_in_flight)
+        self.resumed = False  # from a checkpoint
 
     @property
     def members(self) -> list[Member]:
         return self.step.members
-
-    @property
-    def trace(self) -> bool:
-        return self.step.trace
 
     @property
     def histories(self) -> list[MemberHistory]:
@@ -130,7 +127,9 @@ class LitClassifier(pl.LightningModule):
 
     @override
     def on_train_start(self) -> None:
-        if self.global_step == 0:
+        if self.resumed:
+            checkpoints.move_records(self.step.records, self.device)
+        elif self.global_step == 0:
             self._log_fixed_sample()
 
     @override
@@ -231,4 +230,5 @@ class LitClassifier(pl.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoints.restore(checkpoint, self.network, self.histories[0], self.timer)
+        checkpoints.restore(checkpoint, self.network, self.logs, self.timer)
+        self.resumed = True

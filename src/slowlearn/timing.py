@@ -32,6 +32,21 @@ class EpochTimer(pl.Callback):
         self.seconds = {"training": 0.0, "evaluation": 0.0}
         self.epoch_started = 0.0
         self.evaluation_started: float | None = None  # None: this epoch has not validated
+        self.carried: float | None = None  # seconds of a resumed epoch spent before its stop
+
+    def epoch_elapsed(self, device: torch.device) -> float:
+        """Seconds of the current epoch so far (for a checkpoint in its middle)."""
+        return clock(device) - self.epoch_started
+
+    def carry_epoch(self, seconds: float) -> None:
+        """A fit resumed in the middle of an epoch: its time counts from the first part's
+        ``seconds`` (Lightning does not start a resumed epoch again)."""
+        self.carried = seconds
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.carried is not None:
+            self.epoch_started, self.carried = clock(module.device) - self.carried, None
 
     def _end_training_steps(self, device: torch.device) -> float:
         self.end_of_steps()

@@ -264,7 +264,8 @@ def train_and_test(
         first.trainer,
         logger=[logger for loggers in module.member_loggers for logger in loggers],
         callbacks=callbacks,
-        enable_checkpointing=False,  # slowlearn.checkpoints writes each member's own
+        # slowlearn.checkpoints writes each member's own (a Checkpoint: Lightning adds none)
+        enable_checkpointing=True,
         **({"devices": devices} if devices else {}),
     )
     processes = processes_started_by_lightning(trainer)
@@ -304,7 +305,7 @@ def train_and_test(
         if history.diverged:
             member_status, member_error = "diverged", history.diverged
         extra = {"epoch_training_seconds": module.timer.epoch_training_seconds}
-        if module.trace and "test/output" in history.test_results:
+        if module.step.trace and "test/output" in history.test_results:
             extra["final_output"] = history.test_results["test/output"]
         metrics = summarise(
             history.val_history,
