@@ -6,6 +6,7 @@ result. SLURM itself is not here: its sbatch script is generated and read."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -117,10 +118,29 @@ def test_local_jobs_give_the_in_process_sweeps_results(tiny_data: Path, tmp_path
         statuses
         == [("lr-1", "failed")] * 2 + [("lr0.1", "completed")] * 2 + [("lr1e+30", "diverged")] * 2
     )
+    for folder in (tmp_path / "in", tmp_path / "local"):  # the report as make sweep makes it
+        report = subprocess.run(
+            [sys.executable, "-m", "slowlearn.report", str(folder)], cwd=REPO, env=env()
+        )
+        assert report.returncode == 0
+    summary = (tmp_path / "local" / "summary.csv").read_text()
+    assert summary == (tmp_path / "in" / "summary.csv").read_text() and summary.count("\n") == 7
     groups = json.loads((tmp_path / "local" / ".groups" / "groups.json").read_text())["groups"]
     assert [len(g["members"]) for g in groups] == [2, 2]
     assert len({g["job_id"] for g in groups}) == 2  # one submitit job per group
     assert all(Path(g["stdout"]).is_file() for g in groups)
+    # Both groups in one job: two training processes, the cores split between them.
+    folder = tmp_path / "per_job"
+    one_job = ["hydra.launcher.executor=local", "hydra.launcher.groups_per_job=2"]
+    both = run_train([*sweep, *one_job, f"hydra.sweep.dir={folder}"], check=False, threads=None)
+    assert "6 runs: 2 completed, 2 diverged, 2 failed" in both.stdout, both.stderr[-3000:]
+    found = {name: read_metrics(p) for name, p in runs_by_name(folder).items()}
+    for name, record in expected.items():
+        assert_close(without_times(found[name]), without_times(record))
+    groups = json.loads((folder / ".groups" / "groups.json").read_text())["groups"]
+    assert len(groups) == 2 and len({g["job_id"] for g in groups}) == 1
+    threads = [r["threads"] for r in found.values() if r["status"] != "failed"]
+    assert threads == [max(1, len(os.sched_getaffinity(0)) // 2)] * 4
 
 
 @pytest.mark.slow
@@ -142,36 +162,54 @@ def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_preempted_group_is_requeued_and_resumes_to_the_uninterrupted_result(
-    tiny_data: Path, tmp_path: Path
+@pytest.mark.parametrize("groups_per_job", [1, 2])
+def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
+    tiny_data: Path, tmp_path: Path, groups_per_job: int
 ) -> None:
-    """submitit's preemption signal (SIGUSR2) after the first epoch: the group stops at its
-    next batch, writes each member's checkpoint there, is requeued, and each member resumes
-    from its own checkpoint, no step trained or logged twice."""
-    args = [f"data.dir={tiny_data}", *TINY_ARGS, "trainer.max_epochs=6", "data.batch_size=10"]
-    cfgs = [compose_config(*args, f"seed={seed}", hydra_node=False) for seed in (0, 1)]
-    straight, _ = train_jobs(cfgs, tmp_path / "straight")  # the same group, uninterrupted
+    """submitit's preemption signal (SIGUSR2) after the first epoch: each group stops at its
+    next chunk, writes each member's checkpoint there, the job is requeued, and each member
+    resumes from its own checkpoint, no step trained or logged twice. With two groups in the
+    job the signal reaches the task's process alone, which passes it to both training
+    processes."""
+    args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
+    epochs = (6, 7)[:groups_per_job]  # one group per number of epochs
+    straight = {}
+    for epoch_count in epochs:  # the same groups, uninterrupted
+        run_args = [*args, f"trainer.max_epochs={epoch_count}"]
+        cfgs = [compose_config(*run_args, f"seed={s}", hydra_node=False) for s in (0, 1)]
+        outcomes, _ = train_jobs(cfgs, tmp_path / f"straight{epoch_count}")
+        straight |= {(epoch_count, seed): o for seed, o in enumerate(outcomes)}
     sweep_dir = tmp_path / "sweep"
-    sweep = ["seed=0,1", "hydra/launcher=batched", "hydra.launcher.executor=local"]
+    sweep = [
+        "seed=0,1",
+        f"trainer.max_epochs={','.join(map(str, epochs))}",
+        "hydra/launcher=batched",
+        "hydra.launcher.executor=local",
+        f"hydra.launcher.groups_per_job={groups_per_job}",
+    ]
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
-    member = sweep_dir / "softmax+nll" / "seed0"
+    wait_for(sweep_dir / ".groups" / "groups.json", process)
+    groups = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
+    member = Path(groups[0]["members"][0])
     pid = task_process(sweep_dir, member, process)
     wait_for(member / "checkpoints" / "last.ckpt", process)
     subprocess.run(["kill", f"-{signal.Signals.SIGUSR2.name}", str(pid)], check=True)
     stdout, stderr = process.communicate(timeout=300)
-    assert "2 runs: 2 completed" in stdout, stderr[-3000:]
-    (group,) = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
-    logs = Path(group["stdout"]).read_text() + Path(group["stderr"]).read_text()
+    runs = 2 * groups_per_job
+    assert f"{runs} runs: {runs} completed" in stdout, stderr[-3000:]
+    logs = Path(groups[0]["stdout"]).read_text() + Path(groups[0]["stderr"]).read_text()
     assert "Requeued job" in logs
-    for seed, outcome in enumerate(straight):
-        run_dir = sweep_dir / "softmax+nll" / f"seed{seed}"
+    found = runs_by_name(sweep_dir)
+    assert len(found) == runs
+    for run_dir in found.values():
         resumed = read_metrics(run_dir)
+        config = resumed["config"]
+        outcome = straight[(config["trainer"]["max_epochs"], config["seed"])]
         assert resumed["status"] == "completed"
-        assert [h["epoch"] for h in resumed["metrics"]["val_history"]] == list(range(1, 7))
         expected = {"status": "completed", "metrics": outcome.metrics}
         assert_close(without_times(resumed), without_times(expected))
         steps = [step for step, _ in read_scalars(run_dir)["val/acc"]]
-        assert steps == sorted(set(steps)) and len(steps) == 6
+        assert steps == sorted(set(steps)) and len(steps) == config["trainer"]["max_epochs"]
         written_twice = [key for key, values in raw_values(run_dir).items() if len(values) > 1]
         assert not written_twice  # the requeued job went on from the stop's own step
 

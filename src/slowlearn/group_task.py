@@ -4,17 +4,17 @@ job (``executor=local`` or ``slurm`` of ``hydra/launcher=batched``).
 ``run_group`` trains a group and writes each member's record; the in-process launcher and
 ``GroupTask`` both go through it. A ``GroupTask`` holds only plain values (each member's
 resolved config as YAML), so that it pickles to another machine, and finds its cores and
-device in the allocation it lands on.
+device in the allocation it lands on. A task of several groups (``groups_per_job``) trains
+them in parallel processes, one per GPU of its allocation (on a CPU-only allocation one per
+core, the cores split between them), each process its share of the groups one after the
+other.
 
 Preemption and timeouts: submitit sends SIGUSR2 ahead of the end of the job's time (or when
 SLURM preempts it) and calls ``checkpoint``, which returns the task that continues the job.
-Here the signal only asks the group to stop at its next batch, as Ctrl-C does
-(``slowlearn.interrupts``): never inside a file write. Each member then continues from its own
-``last.ckpt``, the checkpoint of its last epoch end, exactly as ``resume=<member folder>``
-continues a single run: its TensorBoard steps after that checkpoint are purged and retrained.
-A stop in the middle of an epoch loses that epoch's steps so far; a mid-epoch checkpoint would
-need the data order's position in the epoch saved and restored, which the data batches do not
-do.
+Here the signal only asks each group to stop at its next chunk of training steps, as Ctrl-C
+does (``slowlearn.interrupts``): never inside a file write. There every member's checkpoint is
+written at that step (``slowlearn.checkpoints``), and the requeued task continues each
+unfinished member from it, exactly as ``resume=<member folder>`` continues a single run.
 """
 
 from __future__ import annotations
@@ -66,6 +66,23 @@ def allocated_cores() -> int:
     return min(cores, int(per_task)) if per_task.isdigit() and int(per_task) > 0 else cores
 
 
+def allocated_gpus() -> int:
+    """The GPUs this job sees (SLURM sets CUDA_VISIBLE_DEVICES to the allocation's)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def process_shares(groups: int, cores: int, gpus: int) -> list[tuple[list[int], int | None]]:
+    """The groups (by index) each parallel process trains, and its GPU: one process per GPU,
+    or per core without one, never more than there are groups."""
+    processes = max(1, min(groups, gpus or cores))
+    return [
+        (list(range(first, groups, processes)), first if gpus else None)
+        for first in range(processes)
+    ]
+
+
 def lightning_requeue_off(cfg: DictConfig) -> None:
     """Under SLURM, Lightning would install its own SIGUSR1 requeue; submitit's is the one that
     acts here, so the trainer gets a plain environment."""
@@ -103,12 +120,18 @@ class Preemption:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.submitit_handler: Any = None
+        self.processes: list[Any] = []  # the task's training processes, to pass the signal on
 
     def request(self, signum: int, frame: FrameType | None) -> None:
         from slowlearn.interrupts import StopAtNextBatch
 
+        if self.signum is not None:
+            return  # SLURM signals every process of the step; a forwarded one comes again
         self.signum = signum
         log.warning("preemption or timeout signal: the group stops at its next batch")
+        for process in self.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
         handler = signal.getsignal(signal.SIGINT)
         stopper = getattr(handler, "__self__", None)
         if isinstance(stopper, StopAtNextBatch) and not stopper.requested:
@@ -174,11 +197,10 @@ class GroupTask:
         preemption = Preemption()
         cores = allocated_cores()
         with env_override(self.env_set), preemption.installed():
-            interrupted = False
-            for members in self.groups:
-                jobs = self.jobs(members)
-                if jobs and not interrupted:
-                    interrupted = self.train(jobs, cores, preemption)
+            if len(self.groups) == 1:
+                interrupted = self.train_groups(self.groups, cores, None, preemption)
+            else:
+                interrupted = self.train_in_processes(cores, preemption)
         if interrupted and preemption.signum is not None:
             preemption.hand_over()  # requeued: exits
         results = []
@@ -190,13 +212,61 @@ class GroupTask:
                 )
         return results
 
-    def train(self, jobs: list[Any], cores: int, preemption: Preemption) -> bool:
+    def train_groups(
+        self, groups: list[list[str]], cores: int, device: int | None, preemption: Preemption
+    ) -> bool:
+        """``groups`` one after the other; True when a preemption stopped them."""
+        for members in groups:
+            if preemption.signum is not None:
+                return True  # the signal came between two groups
+            jobs = self.jobs(members)
+            if jobs and self.train(jobs, cores, device, preemption):
+                return True
+        return False
+
+    def train_in_processes(self, cores: int, preemption: Preemption) -> bool:
+        """The groups in parallel processes (``process_shares``); True when a preemption
+        stopped them. A process that dies fails its unfinished members, with its exit code."""
+        import multiprocessing
+
+        from slowlearn.records import read_metrics, write_metrics
+
+        shares = process_shares(len(self.groups), cores, allocated_gpus())
+        threads = max(1, cores // len(shares))
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+        for indices, device in shares:
+            share = GroupTask([self.groups[i] for i in indices], self.env_set, self.resume)
+            process = context.Process(target=share.train_share, args=(threads, device))
+            process.start()
+            preemption.processes.append(process)
+        for process, (indices, _) in zip(preemption.processes, shares, strict=True):
+            process.join()
+            if process.exitcode == 0:
+                continue
+            for run_dir in (d for i in indices for d in self.run_dirs()[i]):
+                record = read_metrics(run_dir) if (run_dir / "metrics.json").exists() else {}
+                if record.get("status") not in FINAL:
+                    message = f"its training process ended with exit code {process.exitcode}"
+                    write_metrics(run_dir, record | {"status": "failed", "error": message})
+        return preemption.signum is not None
+
+    def train_share(self, cores: int, device: int | None) -> None:
+        """A training process's groups (``train_in_processes``); a preemption signal stops
+        them at their next chunk, and the task that started this process requeues."""
+        preemption = Preemption()
+        with preemption.installed():
+            self.train_groups(self.groups, cores, device, preemption)
+
+    def train(
+        self, jobs: list[Any], cores: int, device: int | None, preemption: Preemption
+    ) -> bool:
         """One group; True when a preemption stopped it."""
         from slowlearn.records import record_failure
         from slowlearn.train import record_unexpected
 
+        devices = None if device is None else [device]
         try:
-            outcomes = run_group(jobs, cores, preemption=preemption)
+            outcomes = run_group(jobs, cores, devices=devices, preemption=preemption)
         except Exception as error:  # noqa: BLE001 - the group fails; the job goes on
             for job in jobs:
                 record_failure(job.run_dir, job.cfg, record_unexpected(job.run_dir, error))
