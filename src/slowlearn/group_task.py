@@ -161,8 +161,9 @@ class Preemption:
 @dataclass
 class GroupTask:
     """One or more groups (``groups_per_job``), each a list of members' resolved configs
-    (YAML), trained one after the other in this job. ``resume``: each unfinished member
-    continues from its own last checkpoint."""
+    (YAML): one group trains in the job's own process, several in parallel processes
+    (``train_in_processes``). ``resume``: each unfinished member continues from its own last
+    checkpoint."""
 
     groups: list[list[str]]
     env_set: dict[str, str] = field(default_factory=dict)
