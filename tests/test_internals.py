@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from slowlearn import internals
+from tests.conftest import REPO, compose_config
 
 
 def test_every_internal_is_still_there(tmp_path: Path) -> None:
@@ -16,3 +20,28 @@ def test_every_internal_is_still_there(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path)
     moved = [name for name, found in internals.probes(trainer, logger).items() if not found]
     assert not moved, f"moved in this release, see slowlearn.internals: {', '.join(moved)}"
+
+
+def test_configs_composed_from_files_parsed_once_are_hydras() -> None:
+    """The batched launcher's loader parses each config file once for all of a sweep's jobs;
+    every job's config, its Hydra node included (what its .hydra files hold), comes out as
+    Hydra's own loader composes it."""
+    master = compose_config("experiment=ablation")
+    cells = ("sigmoid_mse", "softmax_nll")
+    jobs = [
+        [f"cell={cell}", f"seed={seed}", "experiment=ablation"] for cell in cells for seed in (0, 1)
+    ]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        hydras = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in jobs]
+        shared = internals.parse_config_files_once(loader)
+        ours = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in jobs]
+        assert ours == hydras
+        assert {"train", "cell/sigmoid_mse", "experiment/ablation"} <= set(shared.parsed)
+
+        def parse(config_path: str) -> None:
+            raise AssertionError(f"{config_path} parsed again")
+
+        shared.repository.load_config = parse  # every file of these jobs is parsed by now
+        again = [OmegaConf.to_yaml(loader.load_sweep_config(master, job)) for job in jobs]
+    assert again == hydras

@@ -29,7 +29,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
-from slowlearn.internals import flush_hydra_loggers, save_hydra_config
+from slowlearn.internals import flush_hydra_loggers, parse_config_files_once, save_hydra_config
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,12 @@ class ComposedOnce:
     before it hands the batch to the launcher, and Hydra's launchers compose each job again:
     a repeat meant for launchers whose jobs run in other processes. This launcher runs them in
     the sweeper's process, so it takes the sweeper's configs instead of composing them a second
-    time (about 0.2 s a job on 2 cores). Everything else goes to Hydra's loader.
+    time (about 0.2 s a job on 2 cores). Everything else goes to Hydra's loader, which parses
+    each config file once for all the jobs (``parse_config_files_once``).
     """
 
     def __init__(self, loader: Any) -> None:
+        parse_config_files_once(loader)
         self.loader = loader
         self.composed: dict[tuple[str, ...], DictConfig] = {}
 
