@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,79 @@ def parse_config_files_once(loader: Any) -> ParsedOnce:
     return shared
 
 
+class ComposedByChoices:
+    """Hydra's config loader, composing the defaults of each set of config-group choices
+    once: jobs that differ only in values (seeds, learning rates) share their defaults list
+    (``create_defaults_list``) and the config merged from it
+    (``_compose_config_from_defaults_list``), about 80% of composing a job. Each job gets a
+    copy, to which Hydra's own code applies its value overrides and writes its Hydra node.
+
+    A defaults list depends on the config-group overrides alone: Hydra's defaults lists may
+    interpolate only config-group choices, never values; the config sources (which
+    ``hydra.searchpath`` changes) are part of the key.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.lists: dict[tuple, Any] = {}  # key -> Hydra's DefaultsList
+        self.composed: dict[int, tuple[Any, Any]] = {}  # id(defaults) -> (defaults, config)
+        compose = loader._compose_config_from_defaults_list
+
+        def compose_once(defaults: Any, repo: Any) -> Any:
+            found = self.composed.get(id(defaults))
+            if found is None or found[0] is not defaults:
+                return compose(defaults=defaults, repo=repo)  # not a list of ours
+            if found[1] is None:
+                self.composed[id(defaults)] = (defaults, compose(defaults=defaults, repo=repo))
+            return copy.deepcopy(self.composed[id(defaults)][1])
+
+        loader._compose_config_from_defaults_list = compose_once
+
+    def create_defaults_list(
+        self,
+        repo: Any,
+        config_name: str | None,
+        overrides_list: list[Any],
+        prepend_hydra: bool,
+        skip_missing: bool,
+    ) -> Any:
+        from hydra._internal.defaults_list import DefaultsList, Overrides, create_defaults_list
+
+        split = Overrides(repo=repo, overrides_list=overrides_list)
+        values = {id(override) for override in split.config_overrides}
+        groups = tuple(o.input_line for o in overrides_list if id(o) not in values)
+        sources = tuple((source.provider, source.path) for source in repo.get_sources())
+        key = (config_name, prepend_hydra, skip_missing, sources, groups)
+        if key not in self.lists:
+            found = create_defaults_list(
+                repo, config_name, overrides_list, prepend_hydra, skip_missing
+            )
+            self.lists[key] = found
+            self.composed[id(found.defaults)] = (found.defaults, None)
+        found = self.lists[key]
+        return DefaultsList(
+            defaults=found.defaults,
+            config_overrides=split.config_overrides,  # this job's values, in its order
+            defaults_tree=found.defaults_tree,
+            overrides=found.overrides,
+        )
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """While composing: Hydra's loader module takes its defaults lists from here."""
+        from hydra._internal import config_loader_impl
+
+        hydras = config_loader_impl.create_defaults_list
+        config_loader_impl.create_defaults_list = self.create_defaults_list
+        try:
+            yield
+        finally:
+            config_loader_impl.create_defaults_list = hydras
+
+
 def probes(trainer: Any, logger: Any) -> dict[str, bool]:
     """Whether each internal above is still there, by name, on a fresh Trainer and a
     TensorBoardLogger."""
+    from hydra._internal import config_loader_impl, defaults_list
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from pytorch_lightning.callbacks.progress import tqdm_progress
 
@@ -121,4 +192,15 @@ def probes(trainer: Any, logger: Any) -> dict[str, bool]:
         # parse_config_files_once: each composition's repository wraps loader.repository.
         "ConfigLoaderImpl._parse_overrides_and_create_caching_repo": build is not None
         and "CachingConfigRepository(self.repository)" in inspect.getsource(build),
+        # ComposedByChoices: the loader module's defaults lists, and its composing from them.
+        "hydra._internal.config_loader_impl.create_defaults_list": callable(
+            getattr(config_loader_impl, "create_defaults_list", None)
+        ),
+        "ConfigLoaderImpl._compose_config_from_defaults_list": callable(
+            getattr(ConfigLoaderImpl, "_compose_config_from_defaults_list", None)
+        ),
+        "hydra._internal.defaults_list.DefaultsList, Overrides": hasattr(
+            defaults_list, "DefaultsList"
+        )
+        and hasattr(defaults_list, "Overrides"),
     }
