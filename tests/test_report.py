@@ -8,6 +8,8 @@ import hashlib
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from slowlearn.report.__main__ import main
 from slowlearn.report.findings import finding
 from slowlearn.report.runs import RESULTS, Run, group_runs
 from slowlearn.report.tables import COLUMNS
-from tests.conftest import DIVERGED, read_metrics, runs_by_name
+from tests.conftest import DIVERGED, env, read_metrics, runs_by_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -228,3 +230,24 @@ def test_the_custom_scalars_layout_is_torchs_without_importing_torch() -> None:
     title = "mean over seeds with its min-max band (runs */mean, written by make report)"
     charts = {tag: ["Margin", [tag, f"{tag}/min", f"{tag}/max"]] for tag in AGGREGATED}
     assert layout().SerializeToString() == custom_scalars({title: charts}).SerializeToString()
+
+
+def test_the_report_command_imports_no_torch_lightning_hydra_or_tensorboard_writer(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """``make report`` must take less time than importing torch alone: it reads and writes
+    event files itself, and reads settings without OmegaConf or Hydra."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    heavy = ("torch", "pytorch_lightning", "lightning_fabric", "hydra", "omegaconf")
+    code = (
+        "import sys; from slowlearn.report.__main__ import main; main(sys.argv[1:]); "
+        f"heavy = {heavy!r}; "
+        "found = [m for m in sys.modules if m.split('.')[0] in heavy "
+        "or m.startswith(('tensorboard.summary', 'tensorboard.backend'))]; "
+        "assert not found, found"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(copy)], env=env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

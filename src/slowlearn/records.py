@@ -15,11 +15,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from slowlearn.internals import tensorboard_writer
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 VAL_ACC_TARGET = 0.9  # "steps to 90% val accuracy": how fast an objective learns
 HPARAM_METRICS = ("test_acc", "best_val_acc", "step_to_90_val_acc", "final_train_loss")
@@ -108,6 +107,8 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     """The settings for TensorBoard's HPARAMS tab. Every run names every column, "none" where
     a setting does not apply (Adam's momentum, the neuron's init): TensorBoard takes the
     columns of a sweep from one arbitrary run. Lists (hidden_sizes) become text."""
+    from omegaconf import OmegaConf  # here: a report reads this module and needs no OmegaConf
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     return {
         name: "none"
@@ -160,6 +161,8 @@ def log_hparams(loggers: Iterable[Any], cfg: DictConfig, summary: Mapping[str, A
     from pytorch_lightning.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+    from slowlearn.internals import tensorboard_writer  # imports Hydra, which a report skips
+
     columns = dict.fromkeys(f"hparams/{name}" for name in HPARAM_METRICS)
     experiment, *sessions = hparams_summaries(hparams(cfg), columns)
     mark_varied(experiment, cfg.get("varied_settings") or [])
@@ -203,6 +206,8 @@ def read_metrics(output_dir: Path) -> dict[str, Any]:
 def record_failure(job_dir: Path, cfg: DictConfig, error: str) -> None:
     """A job that failed before training: its status in its folder, for the report and for
     whoever reads the sweep; never over an earlier run's record."""
+    from omegaconf import OmegaConf
+
     if (job_dir / "metrics.json").exists():
         return
     name = OmegaConf.select(cfg, "run_name", throw_on_resolution_failure=False)

@@ -29,7 +29,12 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
-from slowlearn.internals import flush_hydra_loggers, save_hydra_config
+from slowlearn.internals import (
+    ComposedByChoices,
+    flush_hydra_loggers,
+    parse_config_files_once,
+    save_hydra_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +47,32 @@ class ComposedOnce:
     before it hands the batch to the launcher, and Hydra's launchers compose each job again:
     a repeat meant for launchers whose jobs run in other processes. This launcher runs them in
     the sweeper's process, so it takes the sweeper's configs instead of composing them a second
-    time (about 0.2 s a job on 2 cores). Everything else goes to Hydra's loader.
+    time (about 0.2 s a job on 2 cores). Everything else goes to Hydra's loader, which parses
+    each config file once for all the jobs (``parse_config_files_once``) and composes the
+    defaults of each set of config-group choices once (``ComposedByChoices``).
     """
 
     def __init__(self, loader: Any) -> None:
+        parse_config_files_once(loader)
+        self.by_choices = ComposedByChoices(loader)
         self.loader = loader
         self.composed: dict[tuple[str, ...], DictConfig] = {}
 
     def load_sweep_config(
         self, master_config: DictConfig, sweep_overrides: list[str]
     ) -> DictConfig:
-        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        with self.by_choices.active():
+            config = self.loader.load_sweep_config(master_config, sweep_overrides)
         self.composed[tuple(sweep_overrides)] = config
         return config
 
     def take(self, master_config: DictConfig, overrides: list[str]) -> DictConfig:
         """The job's config: the sweeper's, which nothing else holds, or a new one."""
         config = self.composed.pop(tuple(overrides), None)
-        return (
-            config
-            if config is not None
-            else self.loader.load_sweep_config(master_config, overrides)
-        )
+        if config is None:
+            with self.by_choices.active():
+                config = self.loader.load_sweep_config(master_config, overrides)
+        return config
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)

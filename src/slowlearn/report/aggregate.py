@@ -21,8 +21,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from slowlearn.report.events import write_events
 from slowlearn.report.figures import aligned
 from slowlearn.report.runs import Group, name_without_seed
 
@@ -91,14 +91,12 @@ def write_group(folder: Path, group: Group, with_layout: bool) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mean.", dir=folder.parent))
     (staging / MARKER).write_text("written by make report; replaced when it runs again\n")
-    writer = EventFileWriter(str(staging))
-    if with_layout:
-        writer.add_event(Event(wall_time=time.time(), summary=layout()))
-    for step in sorted(events):
-        writer.add_event(
-            Event(wall_time=time.time(), step=step, summary=Summary(value=events[step]))
-        )
-    writer.close()
+    written = [Event(wall_time=time.time(), summary=layout())] if with_layout else []
+    written += [
+        Event(wall_time=time.time(), step=step, summary=Summary(value=events[step]))
+        for step in sorted(events)
+    ]
+    write_events(staging, written)
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from slowlearn.records import SETTING_TABLE, SETTINGS, read_metrics, run_settings
+from slowlearn.report.events import folder_scalars
 
 # The why, measured over the fixed training images (``diag/fixed/``) at step 0 and after
 # epoch 1: result name -> tag.
@@ -61,17 +60,15 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     and may span several files (one per writer session); a step written twice, as by a resumed
     run, keeps its latest value.
     """
-    events: dict[str, list] = {}
+    found: dict[str, list[tuple[float, int, float]]] = {}
     event_dirs = {p.parent for p in folder.glob("events.out.tfevents.*")}
     event_dirs |= {p.parent for p in folder.glob("tb/*/events.out.tfevents.*")}
     for events_dir in sorted(event_dirs):
-        accumulator = EventAccumulator(str(events_dir), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            events.setdefault(tag, []).extend(accumulator.Scalars(tag))
+        for tag, scalars in folder_scalars(events_dir).items():
+            found.setdefault(tag, []).extend(scalars)
     return {
-        tag: sorted({e.step: e.value for e in sorted(found, key=lambda e: e.wall_time)}.items())
-        for tag, found in events.items()
+        tag: sorted({step: value for _, step, value in sorted(kept, key=lambda s: s[0])}.items())
+        for tag, kept in found.items()
     }
 
 
