@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from slowlearn.checks import check_config, in_current_keys, renamed_key, unknown_group_option
 from slowlearn.errors import ConfigError
-from slowlearn.interrupts import StopAtNextBatch
+from slowlearn.interrupts import StopAtNextBatch, StopRequested
 from slowlearn.records import write_metrics
 from slowlearn.train import prepare, resumed_config
 from tests.conftest import (
@@ -228,6 +228,18 @@ def test_ctrl_c_waits_for_the_next_batch_and_a_second_one_does_not() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # asked twice: at once
         time.sleep(5)
     assert time.monotonic() - started < 2
+
+
+def test_a_stop_asked_elsewhere_stops_once_even_if_asked_before() -> None:
+    """A cluster's signal may come before the group's callback is installed."""
+    asked = [False]
+    stop = StopAtNextBatch(lambda: asked[0])
+    stop.on_train_batch_start()  # not asked: trains on
+    asked[0] = True
+    with pytest.raises(StopRequested) as stopped:
+        stop.on_train_batch_start()
+    assert stopped.value.in_training
+    stop.on_test_batch_start()  # handed over: the shutdown's own batches are not stopped
 
 
 def test_resume_refuses_other_overrides_and_finished_runs(single_run: Path) -> None:

@@ -162,17 +162,18 @@ def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("groups_per_job", [1, 2])
+@pytest.mark.parametrize(("groups_per_job", "timeout"), [(1, False), (2, False), (1, True)])
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
-    tiny_data: Path, tmp_path: Path, groups_per_job: int
+    tiny_data: Path, tmp_path: Path, groups_per_job: int, timeout: bool
 ) -> None:
     """submitit's preemption signal (SIGUSR2) after the first epoch: each group stops at its
     next chunk, writes each member's checkpoint there, the job is requeued, and each member
     resumes from its own checkpoint, no step trained or logged twice. With two groups in the
     job the signal reaches the task's process alone, which passes it to both training
-    processes."""
+    processes. ``timeout``: submitit's own trick instead, a job time too short for its epochs,
+    whose signal comes ``signal_delay_s`` before the end (requeued as often as it takes)."""
     args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
-    epochs = (6, 7)[:groups_per_job]  # one group per number of epochs
+    epochs = (100,) if timeout else (6, 7)[:groups_per_job]  # one group per number of epochs
     straight = {}
     for epoch_count in epochs:  # the same groups, uninterrupted
         run_args = [*args, f"trainer.max_epochs={epoch_count}"]
@@ -187,13 +188,17 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
         "hydra.launcher.executor=local",
         f"hydra.launcher.groups_per_job={groups_per_job}",
     ]
+    if timeout:  # 15 s a job, the signal at 5 s: the imports and a few of its 100 epochs
+        sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.25", "signal_delay_s=10")]
+        sweep.append("hydra.launcher.max_num_timeout=20")
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
     wait_for(sweep_dir / ".groups" / "groups.json", process)
     groups = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
     member = Path(groups[0]["members"][0])
-    pid = task_process(sweep_dir, member, process)
-    wait_for(member / "checkpoints" / "last.ckpt", process)
-    subprocess.run(["kill", f"-{signal.Signals.SIGUSR2.name}", str(pid)], check=True)
+    if not timeout:
+        pid = task_process(sweep_dir, member, process)
+        wait_for(member / "checkpoints" / "last.ckpt", process)
+        subprocess.run(["kill", f"-{signal.Signals.SIGUSR2.name}", str(pid)], check=True)
     stdout, stderr = process.communicate(timeout=300)
     runs = 2 * groups_per_job
     assert f"{runs} runs: {runs} completed" in stdout, stderr[-3000:]

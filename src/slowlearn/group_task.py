@@ -48,7 +48,8 @@ def run_group(
     A stop asked for by ``preemption`` is recorded as the preemption it is."""
     from slowlearn.train import train_and_test, write_record
 
-    outcomes = train_and_test(jobs, cores, in_sweep=True, devices=devices)
+    stop_asked = (lambda: preemption.signum is not None) if preemption else (lambda: False)
+    outcomes = train_and_test(jobs, cores, in_sweep=True, devices=devices, stop_asked=stop_asked)
     for job, outcome in zip(jobs, outcomes, strict=True):
         if outcome.status == "interrupted" and preemption and preemption.signum is not None:
             outcome.error = PREEMPTED
@@ -123,8 +124,8 @@ class Preemption:
         self.processes: list[Any] = []  # the task's training processes, to pass the signal on
 
     def request(self, signum: int, frame: FrameType | None) -> None:
-        from slowlearn.interrupts import StopAtNextBatch
-
+        """The group's StopAtNextBatch reads ``signum`` (``run_group``): it stops at its next
+        chunk, as after a first Ctrl-C, even when the signal came before it was installed."""
         if self.signum is not None:
             return  # SLURM signals every process of the step; a forwarded one comes again
         self.signum = signum
@@ -132,10 +133,6 @@ class Preemption:
         for process in self.processes:
             if process.is_alive():
                 os.kill(process.pid, signum)
-        handler = signal.getsignal(signal.SIGINT)
-        stopper = getattr(handler, "__self__", None)
-        if isinstance(stopper, StopAtNextBatch) and not stopper.requested:
-            stopper.request(signal.SIGINT, frame)  # as a first Ctrl-C: stop at the next batch
 
     @contextmanager
     def installed(self) -> Iterator[None]:

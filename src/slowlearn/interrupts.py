@@ -17,7 +17,7 @@ would leave an epoch whose end was half logged, to be logged again by the resume
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -35,10 +35,13 @@ class StopRequested(KeyboardInterrupt):
 
 class StopAtNextBatch(Callback):
     """Raises KeyboardInterrupt at the start of the first training chunk or test batch after
-    a Ctrl-C."""
+    a Ctrl-C, or once ``asked_elsewhere`` says so (a cluster's preemption signal, which may
+    come before this callback is installed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, asked_elsewhere: Callable[[], bool] = lambda: False) -> None:
         self.requested = False
+        self.asked_elsewhere = asked_elsewhere
+        self.stopped = False  # handed over to Lightning's shutdown
 
     def request(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:  # the second Ctrl-C: the person does not want to wait
@@ -46,8 +49,8 @@ class StopAtNextBatch(Callback):
         self.requested = True
 
     def stop_if_requested(self, *args: Any, in_training: bool = False) -> None:
-        if self.requested:
-            self.requested = False  # handed over to Lightning's shutdown
+        if self.requested or (self.asked_elsewhere() and not self.stopped):
+            self.requested, self.stopped = False, True
             raise StopRequested(in_training)
 
     def on_train_batch_start(self, *args: Any) -> None:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,9 +240,14 @@ def running_record(job: Job, threads: int, group_size: int) -> dict[str, Any]:
 
 
 def train_and_test(
-    jobs: Sequence[Job], cores: int, in_sweep: bool = False, devices: list[int] | None = None
+    jobs: Sequence[Job],
+    cores: int,
+    in_sweep: bool = False,
+    devices: list[int] | None = None,
+    stop_asked: Callable[[], bool] = lambda: False,
 ) -> list[Outcome]:
     """Train R >= 1 jobs as one program and test them; one Outcome per job, in order.
+    ``stop_asked``: a stop asked for from outside (a cluster's signal), as Ctrl-C asks.
 
     The jobs' configs may differ only in what a member may differ in (``slowlearn.groups``).
     Raises ConfigError, before any training, for a setup that cannot run.
@@ -256,7 +261,7 @@ def train_and_test(
     ]
     callbacks = [instantiate(callback) for callback in first.get("callbacks", {}).values()]
     checkpoints = MemberCheckpoints([job.run_dir for job in jobs])
-    interrupts = StopAtNextBatch()
+    interrupts = StopAtNextBatch(stop_asked)
     callbacks += [checkpoints, interrupts]
     if first.trainer.get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
