@@ -245,7 +245,7 @@ def interleaved(
 
 def parser(doc: str, device: str = "cpu", repeats: int = 5) -> argparse.ArgumentParser:
     """The options every benchmark takes; ``doc``'s first paragraph describes it."""
-    from slowlearn.train import available_cores
+    from slowlearn.placement import available_cores
 
     parser = argparse.ArgumentParser(
         description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter

@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 
-from slowlearn import train
+from slowlearn import placement, train
 from tests.conftest import TINY_ARGS, compose_config, job_dirs, read_metrics, run_train
 
 ONE_EPOCH = [a for a in TINY_ARGS if not a.startswith("trainer.max_epochs")]
@@ -36,7 +36,7 @@ ONE_EPOCH.append("trainer.max_epochs=1")
 def test_sweep_jobs_go_round_robin_over_the_gpus(
     accelerator: str, devices: object, job_num: int | None, n_gpus: int, expected: object
 ) -> None:
-    assert train.round_robin_devices(accelerator, devices, job_num, n_gpus) == expected
+    assert placement.round_robin_devices(accelerator, devices, job_num, n_gpus) == expected
 
 
 @pytest.mark.parametrize(
@@ -55,8 +55,8 @@ def test_sweep_jobs_go_round_robin_over_the_gpus(
 def test_parallel_jobs_split_the_cores(
     hydra_config, monkeypatch: pytest.MonkeyPatch, overrides: list[str], cores: int
 ) -> None:
-    monkeypatch.setattr(train, "available_cores", lambda: 8)
-    assert train.cores_per_job(hydra_config(*overrides).hydra) == cores
+    monkeypatch.setattr(placement, "available_cores", lambda: 8)
+    assert placement.cores_per_job(hydra_config(*overrides).hydra) == cores
 
 
 def test_joblib_sweep_runs_two_jobs_with_the_cores_split(tiny_data: Path, tmp_path: Path) -> None:

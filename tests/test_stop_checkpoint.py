@@ -52,7 +52,8 @@ class StopAfter(pl.Callback):
 def group(tiny_data: Path, folder: Path, *extra: str) -> list[Job]:
     jobs = []
     for cell, seed in (("sigmoid_mse", 0), ("softmax_nll", 1)):
-        overrides = [f"data.dir={tiny_data}", *ARGS, f"cell={cell}", f"seed={seed}", *extra]
+        args = [a for a in ARGS if not a.startswith("+trainer.enable_progress_bar")]
+        overrides = [f"data.dir={tiny_data}", *args, f"cell={cell}", f"seed={seed}", *extra]
         cfg = compose_config(*overrides, hydra_node=False)
         cfg.run_dir = str(folder / f"{cell}-seed{seed}")
         jobs.append(Job.resolved(cfg))
@@ -67,13 +68,15 @@ def group(tiny_data: Path, folder: Path, *extra: str) -> list[Job]:
         (1, 12, 100),  # after its last: validation ends first, the stop is at the next chunk
     ],
 )
+@pytest.mark.parametrize("progress_bar", [False, True])
 def test_a_group_stopped_mid_epoch_resumes_to_the_uninterrupted_result(
-    tiny_data: Path, tmp_path: Path, epoch: int, chunk: int, at_step: int
+    tiny_data: Path, tmp_path: Path, epoch: int, chunk: int, at_step: int, progress_bar: bool
 ) -> None:
-    straight = train_and_test(group(tiny_data, tmp_path / "straight"), cores=1)
+    bar = f"+trainer.enable_progress_bar={str(progress_bar).lower()}"
+    straight = train_and_test(group(tiny_data, tmp_path / "straight", bar), cores=1)
     stop = "+callbacks.stop._target_=tests.test_stop_checkpoint.StopAfter"
     at = [f"+callbacks.stop.epoch={epoch}", f"+callbacks.stop.chunk={chunk}"]
-    stopped_jobs = group(tiny_data, tmp_path / "stopped", stop, *at)
+    stopped_jobs = group(tiny_data, tmp_path / "stopped", stop, bar, *at)
     stopped = train_and_test(stopped_jobs, cores=1)
     assert [o.status for o in stopped] == ["interrupted"] * 2
     for job in stopped_jobs:

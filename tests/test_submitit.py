@@ -204,6 +204,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     assert f"{runs} runs: {runs} completed" in stdout, stderr[-3000:]
     logs = Path(groups[0]["stdout"]).read_text() + Path(groups[0]["stderr"]).read_text()
     assert "Requeued job" in logs
+    assert logs.count("preempted: a group of 2 stopped") >= groups_per_job  # each group did
     found = runs_by_name(sweep_dir)
     assert len(found) == runs
     for run_dir in found.values():

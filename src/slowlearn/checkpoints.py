@@ -1,6 +1,6 @@
 """Every member's checkpoints, in a single run's format: ``checkpoints/last.ckpt`` (rewritten at
-every epoch end, for resume and eval) and ``checkpoints/best-epochNNN.ckpt`` (its own best val
-accuracy so far).
+every epoch end and at a stop, for resume and eval: after a stop it holds that step's weights)
+and ``checkpoints/best-epochNNN.ckpt`` (its own best val accuracy so far).
 
 Lightning's ModelCheckpoint watches one ``val/acc`` of one model, so a group writes its members'
 checkpoints here: the group's checkpoint is taken once per epoch and split into one per member
@@ -223,7 +223,7 @@ class MemberCheckpoints(Checkpoint):
         epoch_elapsed = module.timer.epoch_elapsed(device) if in_epoch else None
         for member, folder in enumerate(self.folders):
             history = module.histories[member]
-            if history.diverged or not (history.val_history or in_epoch):
+            if history.diverged:
                 continue
             payload = io.BytesIO()
             records = member_records(history, module.timer)
@@ -234,8 +234,11 @@ class MemberCheckpoints(Checkpoint):
             saved = member_checkpoint(group, module.step.network, optimizer, member, records)
             torch.save(saved, payload)
             write_atomically(folder / LAST, payload.getvalue(), durable=False)
-            if in_epoch:
-                continue  # a best checkpoint is an epoch end's, with its val accuracy
+            validated = history.val_history and history.val_history[-1]["epoch"] == (
+                trainer.current_epoch + 1
+            )
+            if in_epoch or not validated:
+                continue  # a best checkpoint is that of an epoch end with its val accuracy
             *earlier, latest = [entry["val/acc"] for entry in history.val_history]
             if not earlier or latest > max(earlier):
                 best = folder / best_name(trainer.current_epoch)

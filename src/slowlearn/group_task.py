@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,27 +31,36 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from slowlearn.internals import preemption_signal
+
 log = logging.getLogger(__name__)
 
 FINAL = ("completed", "diverged", "failed")  # a member with one of these is done
 PREEMPTED = "preempted or timed out: requeued, to resume from its last checkpoint"
 
 
+def never() -> bool:
+    return False
+
+
 def run_group(
     jobs: Sequence[Any],
     cores: int,
     devices: list[int] | None = None,
-    preemption: Preemption | None = None,
+    preempted: Callable[[], bool] = never,
 ) -> list[Any]:
     """Train the group of ``jobs`` (``slowlearn.train.Job``) and write each member's record;
     the members' Outcomes, in order. Raises what ``train_and_test`` raises before training.
-    A stop asked for by ``preemption`` is recorded as the preemption it is."""
+    ``preempted``: whether a preemption or timeout signal came, which stops the group at its
+    next chunk and is recorded as the preemption it is."""
     from slowlearn.train import train_and_test, write_record
 
-    stop_asked = (lambda: preemption.signum is not None) if preemption else (lambda: False)
-    outcomes = train_and_test(jobs, cores, in_sweep=True, devices=devices, stop_asked=stop_asked)
+    outcomes = train_and_test(jobs, cores, in_sweep=True, devices=devices, stop_asked=preempted)
+    stopped = any(o.status == "interrupted" for o in outcomes) and preempted()
+    if stopped:
+        log.warning(f"preempted: a group of {len(jobs)} stopped, its checkpoints written")
     for job, outcome in zip(jobs, outcomes, strict=True):
-        if outcome.status == "interrupted" and preemption and preemption.signum is not None:
+        if outcome.status == "interrupted" and stopped:
             outcome.error = PREEMPTED
         write_record(job, outcome)
     return outcomes
@@ -60,7 +69,7 @@ def run_group(
 def allocated_cores() -> int:
     """The cores of this job: its affinity mask (which SLURM sets with task affinity), at most
     SLURM's cpus-per-task (a cluster without affinity shows the whole node)."""
-    from slowlearn.train import available_cores
+    from slowlearn.placement import available_cores
 
     cores = available_cores()
     per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
@@ -75,8 +84,9 @@ def allocated_gpus() -> int:
 
 
 def process_shares(groups: int, cores: int, gpus: int) -> list[tuple[list[int], int | None]]:
-    """The groups (by index) each parallel process trains, and its GPU: one process per GPU,
-    or per core without one, never more than there are groups."""
+    """The groups (by index) each parallel process trains, and its GPU: one process per GPU
+    (``gpus``: those the groups may use), or per core without one, never more than there are
+    groups."""
     processes = max(1, min(groups, gpus or cores))
     return [
         (list(range(first, groups, processes)), first if gpus else None)
@@ -114,31 +124,47 @@ def resume_member(job: Any) -> None:
 # ------------------------------------------------------------------ preemption
 
 
-class Preemption:
-    """SIGUSR2 while the task runs: the group stops at its next batch; submitit's own handler
-    (checkpoint and requeue) is called once the members' records are written."""
+@contextmanager
+def preemption_signal_blocked() -> Iterator[None]:
+    """A process started in this block (a training process, multiprocessing's resource
+    tracker) keeps the preemption signal blocked for good: SLURM sends it to every process of
+    the job step, and its default action would end one that has no handler. In this process
+    a signal that comes meanwhile waits, and is handled when the block ends."""
+    blocked = {preemption_signal()}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
 
-    def __init__(self) -> None:
+
+class Preemption:
+    """SIGUSR2 while the task runs: the groups stop at their next chunk; submitit's own handler
+    (checkpoint and requeue) is called once the members' records are written. The task's
+    training processes learn of it through ``event``, set here: they never take the signal
+    themselves (``train_in_processes``)."""
+
+    def __init__(self, event: Any = None) -> None:
         self.signum: int | None = None
         self.submitit_handler: Any = None
-        self.processes: list[Any] = []  # the task's training processes, to pass the signal on
+        self.event = event  # a multiprocessing Event shared with the training processes
+
+    def came(self) -> bool:
+        return self.signum is not None
 
     def request(self, signum: int, frame: FrameType | None) -> None:
-        """The group's StopAtNextBatch reads ``signum`` (``run_group``): it stops at its next
+        """The groups' StopAtNextBatch reads this (``run_group``): each stops at its next
         chunk, as after a first Ctrl-C, even when the signal came before it was installed."""
         if self.signum is not None:
-            return  # SLURM signals every process of the step; a forwarded one comes again
+            return  # SLURM signals every process of the step
         self.signum = signum
-        log.warning("preemption or timeout signal: the group stops at its next batch")
-        for process in self.processes:
-            if process.is_alive():
-                os.kill(process.pid, signum)
+        log.warning("preemption or timeout signal: the groups stop at their next chunk")
+        if self.event is not None:
+            self.event.set()
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        from submitit import JobEnvironment
-
-        usr_sig = JobEnvironment._usr_sig()
+        usr_sig = preemption_signal()
         self.submitit_handler = signal.signal(usr_sig, self.request)
         try:
             yield
@@ -188,18 +214,24 @@ class GroupTask:
     def __call__(self) -> list[dict[str, Any]]:
         """Train every group; each member's status and error, in order (its metrics.json has
         the rest)."""
+        import multiprocessing
+
         from hydra.core.utils import env_override
 
         from slowlearn.records import read_metrics
 
-        preemption = Preemption()
+        several = len(self.groups) > 1
+        # no fork of a process that may hold threads
+        context = multiprocessing.get_context("spawn") if several else None
+        with preemption_signal_blocked():  # the Event starts the resource tracker
+            preemption = Preemption(context.Event() if context else None)
         cores = allocated_cores()
         with env_override(self.env_set), preemption.installed():
-            if len(self.groups) == 1:
-                interrupted = self.train_groups(self.groups, cores, None, preemption)
+            if several:
+                interrupted = self.train_in_processes(cores, preemption, context)
             else:
-                interrupted = self.train_in_processes(cores, preemption)
-        if interrupted and preemption.signum is not None:
+                interrupted = self.train_groups(self.groups, cores, None, preemption.came)
+        if interrupted and preemption.came():
             preemption.hand_over()  # requeued: exits
         results = []
         for run_dirs in self.run_dirs():
@@ -211,33 +243,49 @@ class GroupTask:
         return results
 
     def train_groups(
-        self, groups: list[list[str]], cores: int, device: int | None, preemption: Preemption
+        self,
+        groups: list[list[str]],
+        cores: int,
+        device: int | None,
+        preempted: Callable[[], bool],
     ) -> bool:
         """``groups`` one after the other; True when a preemption stopped them."""
         for members in groups:
-            if preemption.signum is not None:
+            if preempted():
                 return True  # the signal came between two groups
             jobs = self.jobs(members)
-            if jobs and self.train(jobs, cores, device, preemption):
+            if jobs and self.train(jobs, cores, device, preempted):
                 return True
         return False
 
-    def train_in_processes(self, cores: int, preemption: Preemption) -> bool:
-        """The groups in parallel processes (``process_shares``); True when a preemption
-        stopped them. A process that dies fails its unfinished members, with its exit code."""
-        import multiprocessing
+    def gpus_for_processes(self) -> int:
+        """The GPUs the training processes take one each: none where the members' trainer
+        does not train on one GPU (a CPU trainer, an explicit device list, DDP)."""
+        from slowlearn.placement import trains_on_one_gpu
 
+        trainer = OmegaConf.create(self.groups[0][0]).trainer
+        return allocated_gpus() if trains_on_one_gpu(trainer.accelerator, trainer.devices) else 0
+
+    def train_in_processes(self, cores: int, preemption: Preemption, context: Any) -> bool:
+        """The groups in parallel processes (``process_shares``); True when a preemption
+        stopped them. A process that dies fails its unfinished members, with its exit code.
+
+        The processes start with the preemption signal blocked (``preemption_signal_blocked``)
+        and learn of it through the event that this process's handler sets, which also
+        reaches a process started after the signal."""
         from slowlearn.records import read_metrics, write_metrics
 
-        shares = process_shares(len(self.groups), cores, allocated_gpus())
+        shares = process_shares(len(self.groups), cores, self.gpus_for_processes())
         threads = max(1, cores // len(shares))
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+        processes = []
         for indices, device in shares:
             share = GroupTask([self.groups[i] for i in indices], self.env_set, self.resume)
-            process = context.Process(target=share.train_share, args=(threads, device))
-            process.start()
-            preemption.processes.append(process)
-        for process, (indices, _) in zip(preemption.processes, shares, strict=True):
+            args = (threads, device, preemption.event)
+            process = context.Process(target=share.train_share, args=args)
+            with preemption_signal_blocked():
+                process.start()
+            processes.append(process)
+        for process, (indices, _) in zip(processes, shares, strict=True):
             process.join()
             if process.exitcode == 0:
                 continue
@@ -246,17 +294,15 @@ class GroupTask:
                 if record.get("status") not in FINAL:
                     message = f"its training process ended with exit code {process.exitcode}"
                     write_metrics(run_dir, record | {"status": "failed", "error": message})
-        return preemption.signum is not None
+        return preemption.came()
 
-    def train_share(self, cores: int, device: int | None) -> None:
-        """A training process's groups (``train_in_processes``); a preemption signal stops
-        them at their next chunk, and the task that started this process requeues."""
-        preemption = Preemption()
-        with preemption.installed():
-            self.train_groups(self.groups, cores, device, preemption)
+    def train_share(self, cores: int, device: int | None, preempted: Any) -> None:
+        """A training process's groups (``train_in_processes``): ``preempted``, the task's
+        event, stops them at their next chunk; the task requeues."""
+        self.train_groups(self.groups, cores, device, preempted.is_set)
 
     def train(
-        self, jobs: list[Any], cores: int, device: int | None, preemption: Preemption
+        self, jobs: list[Any], cores: int, device: int | None, preempted: Callable[[], bool]
     ) -> bool:
         """One group; True when a preemption stopped it."""
         from slowlearn.records import record_failure
@@ -264,12 +310,12 @@ class GroupTask:
 
         devices = None if device is None else [device]
         try:
-            outcomes = run_group(jobs, cores, devices=devices, preemption=preemption)
+            outcomes = run_group(jobs, cores, devices=devices, preempted=preempted)
         except Exception as error:  # noqa: BLE001 - the group fails; the job goes on
             for job in jobs:
                 record_failure(job.run_dir, job.cfg, record_unexpected(job.run_dir, error))
             return False
-        return any(o.status == "interrupted" for o in outcomes) and preemption.signum is not None
+        return any(o.status == "interrupted" for o in outcomes) and preempted()
 
     def checkpoint(self) -> Any:
         """submitit's requeue: the same groups, each unfinished member resumed."""

@@ -29,6 +29,13 @@ def count_optimizer_steps(trainer: Any) -> Callable[[int], None]:
     return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by
 
 
+def preemption_signal() -> int:
+    """submitit's checkpoint-and-requeue signal (SIGUSR2 unless its environment says)."""
+    from submitit import JobEnvironment
+
+    return JobEnvironment._usr_sig()
+
+
 def chunks_completed(trainer: Any) -> int:
     """The training batches (chunks) of the current epoch whose steps are done."""
     return trainer.fit_loop.epoch_loop.batch_progress.current.completed
@@ -196,6 +203,8 @@ def probes(trainer: Any, logger: Any) -> dict[str, bool]:
         "pytorch_lightning.callbacks.progress.tqdm_progress._update_n": callable(
             getattr(tqdm_progress, "_update_n", None)
         ),
+        "submitit.JobEnvironment._usr_sig": callable(preemption_signal)
+        and isinstance(preemption_signal(), int),
         "hydra.core.utils._save_config": callable(_save_config),
         "hydra.core.utils._flush_loggers": callable(_flush_loggers),
         # parse_config_files_once: each composition's repository wraps loader.repository.

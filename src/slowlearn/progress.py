@@ -27,6 +27,16 @@ class StepProgressBar(TQDMProgressBar):
         steps = getattr(self.trainer.train_dataloader, "steps", None)
         return steps if steps is not None else super().total_train_batches
 
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        # A fit resumed in the middle of an epoch does not start that epoch again: the bar
+        # starts at the steps its first part took (every epoch takes the same steps).
+        steps = getattr(trainer.train_dataloader, "steps", None)
+        self.epoch_start_step = trainer.current_epoch * steps if steps else trainer.global_step
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.reset(self.total_train_batches)
+            set_bar_count(self.train_progress_bar, trainer.global_step - self.epoch_start_step)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.epoch_start_step = trainer.global_step

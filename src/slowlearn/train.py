@@ -12,7 +12,6 @@ through ``train_and_test``, the code that a single run goes through as a group o
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import traceback
@@ -40,6 +39,7 @@ from slowlearn.groups import build_module
 from slowlearn.interrupts import StopAtNextBatch
 from slowlearn.member_logs import Divergence
 from slowlearn.naming import override_key, register_resolvers
+from slowlearn.placement import cores_per_job, round_robin_devices
 from slowlearn.prepare import DataError
 from slowlearn.progress import StepProgressBar
 from slowlearn.records import log_hparams, read_metrics, record_failure, summarise, write_metrics
@@ -65,45 +65,12 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(NoAdvertise
 # ------------------------------------------------------------------ cores and devices
 
 
-def available_cores() -> int:
-    """The cores this process may run on: its affinity mask honours taskset and SLURM."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def cores_per_job(hydra_cfg: DictConfig) -> int:
-    """The cores one job of this sweep may use: submitit's cpus_per_task when set, else the
-    cores split between joblib's n_jobs parallel jobs (negative n_jobs counts as joblib does:
-    -1 is one job per core)."""
-    cores = available_cores()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return cores
-    launcher = hydra_cfg.launcher
-    if launcher.get("cpus_per_task"):
-        return int(launcher.cpus_per_task)
-    n_jobs = int(launcher.get("n_jobs", 1) or 1)
-    return max(1, cores // (max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs))
-
-
 def processes_started_by_lightning(trainer: pl.Trainer) -> int:
     """How many processes Lightning itself starts for this run on this machine: with DDP on a
     plain machine, one copy of this command per device. Processes that a cluster starts
     (SLURM tasks, torchrun) get their own cores and are not counted."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
     return trainer.num_devices if isinstance(environment, LightningEnvironment) else 1
-
-
-def round_robin_devices(
-    accelerator: str, devices: Any, job_num: int | None, n_gpus: int
-) -> list[int] | None:
-    """The GPU of job ``job_num`` of a sweep when several are visible: job k trains on GPU
-    k % n_gpus, so parallel jobs spread over the GPUs instead of all landing on GPU 0.
-    None keeps the trainer's devices: a single run, no GPU, CPU, or an explicit device list."""
-    single_gpu = accelerator in ("auto", "gpu", "cuda") and str(devices) == "1"
-    if job_num is None or n_gpus < 2 or not single_gpu:
-        return None
-    return [job_num % n_gpus]
 
 
 # ------------------------------------------------------------------ prepare

@@ -312,7 +312,8 @@ class BatchedLauncher(Launcher):
     def train_group(self, group: list[StartedJob]) -> None:
         """Train one group and end each of its jobs with its own outcome."""
         from slowlearn.group_task import run_group
-        from slowlearn.train import available_cores, failure_message
+        from slowlearn.placement import available_cores
+        from slowlearn.train import failure_message
 
         jobs = [s.job for s in group]
         try:
