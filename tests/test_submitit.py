@@ -143,21 +143,47 @@ def test_local_jobs_give_the_in_process_sweeps_results(tiny_data: Path, tmp_path
     assert threads == [max(1, len(os.sched_getaffinity(0)) // 2)] * 4
 
 
+def training_processes(task: int) -> list[int]:
+    """The training processes a task started (``groups_per_job`` > 1), not multiprocessing's
+    resource tracker."""
+    children = Path(f"/proc/{task}/task/{task}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
 @pytest.mark.slow
-def test_a_killed_job_fails_its_own_members_only(tiny_data: Path, tmp_path: Path) -> None:
-    """Two groups (1 and 60 epochs); the long one's process is killed after its first epoch."""
+@pytest.mark.parametrize("groups_per_job", [1, 2])
+def test_a_killed_job_fails_its_own_members_only(
+    tiny_data: Path, tmp_path: Path, groups_per_job: int
+) -> None:
+    """Two groups (1 and 60 epochs); the long one's process is killed after its first epoch:
+    its job's (one group a job), or its training process (both groups in one job, once the
+    short group is done)."""
     args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
     sweep = ["trainer.max_epochs=1,60", "hydra/launcher=batched", "hydra.launcher.executor=local"]
+    sweep.append(f"hydra.launcher.groups_per_job={groups_per_job}")
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={tmp_path}"])
     long_member = tmp_path / "softmax+nll" / "epochs60"
+    short_member = tmp_path / "softmax+nll" / "epochs1"
     pid = task_process(tmp_path, long_member, process)
     wait_for(long_member / "checkpoints" / "last.ckpt", process)
+    if groups_per_job == 2:
+        deadline = time.monotonic() + 120
+        while len(training_processes(pid)) != 1:  # the short group's process has ended
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        (pid,) = training_processes(pid)
     subprocess.run(["kill", "-KILL", str(pid)], check=True)
     _, stderr = process.communicate(timeout=300)
-    killed, other = read_metrics(long_member), read_metrics(tmp_path / "softmax+nll/epochs1")
+    killed, other = read_metrics(long_member), read_metrics(short_member)
     assert other["status"] == "completed", stderr[-3000:]
     assert killed["status"] == "failed"
-    assert "ended without a result" in killed["error"] and "_log.err" in killed["error"]
+    if groups_per_job == 1:
+        assert "ended without a result" in killed["error"]
+    else:
+        assert "training process ended with exit code -9" in killed["error"]
+    assert "_log.err" in killed["error"]
     assert killed["config"]["trainer"]["max_epochs"] == 60  # the running record, kept
 
 

@@ -76,6 +76,16 @@ def allocated_cores() -> int:
     return min(cores, int(per_task)) if per_task.isdigit() and int(per_task) > 0 else cores
 
 
+def job_log() -> str:
+    """Where this submitit job's output goes (its training processes write there too)."""
+    from submitit import JobEnvironment
+
+    try:
+        return str(JobEnvironment().paths.stderr)
+    except (KeyError, RuntimeError):  # not started by submitit
+        return "this process's standard error"
+
+
 def allocated_gpus() -> int:
     """The GPUs this job sees (SLURM sets CUDA_VISIBLE_DEVICES to the allocation's)."""
     import torch
@@ -292,7 +302,10 @@ class GroupTask:
             for run_dir in (d for i in indices for d in self.run_dirs()[i]):
                 record = read_metrics(run_dir) if (run_dir / "metrics.json").exists() else {}
                 if record.get("status") not in FINAL:
-                    message = f"its training process ended with exit code {process.exitcode}"
+                    message = (
+                        f"its training process ended with exit code {process.exitcode}; "
+                        f"log: {job_log()}"
+                    )
                     write_metrics(run_dir, record | {"status": "failed", "error": message})
         return preemption.came()
 
