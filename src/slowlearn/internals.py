@@ -68,9 +68,9 @@ class ParsedOnce:
     process; each load gets a copy of its own, as a fresh parse gives (Hydra merges the
     loaded configs without copying them, then changes the result)."""
 
-    def __init__(self, repository: Any, parsed: dict[str, Any] | None = None) -> None:
+    def __init__(self, repository: Any, parsed: dict[tuple, Any] | None = None) -> None:
         self.repository = repository
-        self.parsed: dict[str, Any] = {} if parsed is None else parsed
+        self.parsed: dict[tuple, Any] = {} if parsed is None else parsed
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ParsedOnce:
         # Hydra copies the repository for each composition, as ``hydra.searchpath`` may
@@ -78,9 +78,12 @@ class ParsedOnce:
         return ParsedOnce(copy.deepcopy(self.repository, memo), self.parsed)
 
     def load_config(self, config_path: str) -> Any:
-        if config_path not in self.parsed:
-            self.parsed[config_path] = self.repository.load_config(config_path=config_path)
-        found = self.parsed[config_path]
+        # By the sources too: the same path may name another file under another search path.
+        sources = tuple((s.provider, s.path) for s in self.repository.get_sources())
+        key = (sources, config_path)
+        if key not in self.parsed:
+            self.parsed[key] = self.repository.load_config(config_path=config_path)
+        found = self.parsed[key]
         return None if found is None else copy.deepcopy(found)
 
     def __getattr__(self, name: str) -> Any:
