@@ -33,6 +33,11 @@ def test_configs_composed_the_batched_launchers_way_are_hydras() -> None:
         [f"cell={cell}", f"seed={seed}", "experiment=ablation"] for cell in cells for seed in (0, 1)
     ]
     jobs.append(["seed=3", "cell=sigmoid_mse", "experiment=ablation", "optimizer.lr=0.5"])
+    # Group choices a sweep may change besides the cell: another option, a group deleted, a
+    # value that interpolates another.
+    jobs.append(["seed=0", "cell=sigmoid_mse", "experiment=ablation", "optimizer=adam"])
+    jobs.append(["seed=0", "cell=sigmoid_mse", "experiment=ablation", "~logger"])
+    jobs.append(["seed=4", "cell=sigmoid_mse", "experiment=ablation", "+extra_seed=${seed}"])
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         hydras = [pickle.dumps(loader.load_sweep_config(master, job)) for job in jobs]
@@ -41,7 +46,7 @@ def test_configs_composed_the_batched_launchers_way_are_hydras() -> None:
         with by_choices.active():
             ours = [pickle.dumps(loader.load_sweep_config(master, job)) for job in jobs]
         assert ours == hydras
-        assert len(by_choices.lists) == 2  # one defaults list per cell
+        assert len(by_choices.lists) == 4  # one defaults list per set of group choices
         parsed = {path for _, path in shared.parsed}  # keyed by (sources, path)
         assert {"train", "cell/sigmoid_mse", "experiment/ablation"} <= parsed
 
