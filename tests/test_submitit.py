@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra.utils import instantiate
 
 from slowlearn.group_submission import make_executor
@@ -187,17 +188,29 @@ def test_a_killed_job_fails_its_own_members_only(
     assert killed["config"]["trainer"]["max_epochs"] == 60  # the running record, kept
 
 
+class HangOnStop(pl.Callback):
+    """A training process that does not stop: it hangs once its group is asked to."""
+
+    def on_exception(self, *args: object) -> None:
+        time.sleep(3600)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("groups_per_job", "timeout"), [(1, False), (2, False), (1, True)])
+@pytest.mark.parametrize(
+    ("groups_per_job", "how"), [(1, "signal"), (2, "signal"), (1, "timeout"), (2, "hang")]
+)
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
-    tiny_data: Path, tmp_path: Path, groups_per_job: int, timeout: bool
+    tiny_data: Path, tmp_path: Path, groups_per_job: int, how: str
 ) -> None:
     """submitit's preemption signal (SIGUSR2) after the first epoch: each group stops at its
     next chunk, writes each member's checkpoint there, the job is requeued, and each member
     resumes from its own checkpoint, no step trained or logged twice. With two groups in the
     job the signal reaches the task's process alone, which passes it to both training
     processes. ``timeout``: submitit's own trick instead, a job time too short for its epochs,
-    whose signal comes ``signal_delay_s`` before the end (requeued as often as it takes)."""
+    whose signal comes ``signal_delay_s`` before the end (requeued as often as it takes).
+    ``hang``: the training processes hang instead of stopping; they are killed once half of
+    ``signal_delay_s`` has passed, and their members resume from their last checkpoints."""
+    timeout = how == "timeout"
     args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
     epochs = (100,) if timeout else (6, 7)[:groups_per_job]  # one group per number of epochs
     straight = {}
@@ -214,6 +227,9 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
         "hydra.launcher.executor=local",
         f"hydra.launcher.groups_per_job={groups_per_job}",
     ]
+    if how == "hang":  # only the first job hangs: the requeued one gets no signal
+        sweep += ["+callbacks.hang._target_=tests.test_submitit.HangOnStop"]
+        sweep.append("hydra.launcher.signal_delay_s=4")
     if timeout:  # 15 s a job, the signal at 5 s: the imports and a few of its 100 epochs
         sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.25", "signal_delay_s=10")]
         sweep.append("hydra.launcher.max_num_timeout=20")
@@ -230,7 +246,10 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     assert f"{runs} runs: {runs} completed" in stdout, stderr[-3000:]
     logs = Path(groups[0]["stdout"]).read_text() + Path(groups[0]["stderr"]).read_text()
     assert "Requeued job" in logs
-    assert logs.count("preempted: a group of 2 stopped") >= groups_per_job  # each group did
+    if how == "hang":
+        assert logs.count("did not stop within 2 s of the preemption signal: killed") == 2
+    else:
+        assert logs.count("preempted: a group of 2 stopped") >= groups_per_job  # each did
     found = runs_by_name(sweep_dir)
     assert len(found) == runs
     for run_dir in found.values():
@@ -242,6 +261,8 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
         assert_close(without_times(resumed), without_times(expected))
         steps = [step for step, _ in read_scalars(run_dir)["val/acc"]]
         assert steps == sorted(set(steps)) and len(steps) == config["trainer"]["max_epochs"]
+        if how == "hang":
+            continue  # killed: what it logged after its last checkpoint is hidden by purge_step
         written_twice = [key for key, values in raw_values(run_dir).items() if len(values) > 1]
         assert not written_twice  # the requeued job went on from the stop's own step
 

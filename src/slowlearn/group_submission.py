@@ -43,6 +43,7 @@ SUBMITIT_KEYS = (
 )
 # Every other key of the launcher's config besides max_members and executor.
 LAUNCHER_KEYS = (*SUBMITIT_KEYS, "max_num_timeout", "submitit_folder", "groups_per_job", "name")
+DEFAULT_SIGNAL_DELAY_S = {"local": 30, "slurm": 90}  # submitit's, where none is set
 LOCAL_KEYS = ("timeout_min", "gpus_per_node", "signal_delay_s", "setup")  # the rest is SLURM's
 
 
@@ -107,10 +108,13 @@ def submit_groups(
     error message."""
     prepare_data([cfg for group in groups for cfg in group])
     per_job = max(1, int(settings.get("groups_per_job") or 1))
+    # Half of the time between the signal and the job's end: the rest is for the requeue.
+    grace = 0.5 * float(settings.get("signal_delay_s") or DEFAULT_SIGNAL_DELAY_S[executor])
     tasks, parts = [], []
     for start in range(0, len(groups), per_job):
         part = groups[start : start + per_job]
-        tasks.append(GroupTask([[member_yaml(c) for c in g] for g in part], dict(env_sets[start])))
+        members = [[member_yaml(c) for c in g] for g in part]
+        tasks.append(GroupTask(members, dict(env_sets[start]), stop_grace_s=grace))
         parts.append([[Path(cfg.run_dir) for cfg in group] for group in part])
     folder = settings.get("submitit_folder") or sweep_dir / ".groups" / "%j"
     made = make_executor(executor, folder, settings)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -156,6 +157,7 @@ class Preemption:
 
     def __init__(self, event: Any = None) -> None:
         self.signum: int | None = None
+        self.came_at: float | None = None  # time.monotonic() of the signal
         self.submitit_handler: Any = None
         self.event = event  # a multiprocessing Event shared with the training processes
 
@@ -167,7 +169,7 @@ class Preemption:
         chunk, as after a first Ctrl-C, even when the signal came before it was installed."""
         if self.signum is not None:
             return  # SLURM signals every process of the step
-        self.signum = signum
+        self.signum, self.came_at = signum, time.monotonic()
         log.warning("preemption or timeout signal: the groups stop at their next chunk")
         if self.event is not None:
             self.event.set()
@@ -201,6 +203,7 @@ class GroupTask:
     groups: list[list[str]]
     env_set: dict[str, str] = field(default_factory=dict)
     resume: bool = False
+    stop_grace_s: float = 30.0  # how long training processes may take to stop after a signal
 
     def run_dirs(self) -> list[list[Path]]:
         return [[Path(OmegaConf.create(m).run_dir) for m in group] for group in self.groups]
@@ -278,7 +281,9 @@ class GroupTask:
 
     def train_in_processes(self, cores: int, preemption: Preemption, context: Any) -> bool:
         """The groups in parallel processes (``process_shares``); True when a preemption
-        stopped them. A process that dies fails its unfinished members, with its exit code.
+        stopped them. A process that dies fails its unfinished members, with its exit code;
+        after a preemption signal, a process that has not stopped within ``stop_grace_s`` is
+        killed, and its members resume with the others from their last checkpoints.
 
         The processes start with the preemption signal blocked (``preemption_signal_blocked``)
         and learn of it through the event that this process's handler sets, which also
@@ -296,9 +301,9 @@ class GroupTask:
                 process.start()
             processes.append(process)
         for process, (indices, _) in zip(processes, shares, strict=True):
-            process.join()
-            if process.exitcode == 0:
-                continue
+            self.join(process, preemption)
+            if process.exitcode == 0 or preemption.came():
+                continue  # after a preemption signal the unfinished members are requeued
             for run_dir in (d for i in indices for d in self.run_dirs()[i]):
                 record = read_metrics(run_dir) if (run_dir / "metrics.json").exists() else {}
                 if record.get("status") not in FINAL:
@@ -308,6 +313,21 @@ class GroupTask:
                     )
                     write_metrics(run_dir, record | {"status": "failed", "error": message})
         return preemption.came()
+
+    def join(self, process: Any, preemption: Preemption) -> None:
+        """Until ``process`` ends; once a preemption signal has come, at most ``stop_grace_s``
+        from then on (the job must still requeue before its time ends)."""
+        while process.is_alive():
+            process.join(timeout=0.5)
+            if preemption.came_at is None or process.exitcode is not None:
+                continue
+            if time.monotonic() - preemption.came_at > self.stop_grace_s:
+                log.warning(
+                    f"a training process did not stop within {self.stop_grace_s:g} s of the "
+                    "preemption signal: killed; its groups resume from their last checkpoints"
+                )
+                process.kill()
+                process.join()
 
     def train_share(self, cores: int, device: int | None, preempted: Any) -> None:
         """A training process's groups (``train_in_processes``): ``preempted``, the task's
@@ -334,4 +354,6 @@ class GroupTask:
         """submitit's requeue: the same groups, each unfinished member resumed."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(GroupTask(self.groups, self.env_set, resume=True))
+        return DelayedSubmission(
+            GroupTask(self.groups, self.env_set, resume=True, stop_grace_s=self.stop_grace_s)
+        )
