@@ -32,6 +32,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from slowlearn import placement
 from slowlearn.internals import preemption_signal
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,6 @@ def run_group(
     return outcomes
 
 
-def allocated_cores() -> int:
-    """The cores of this job: its affinity mask (which SLURM sets with task affinity), at most
-    SLURM's cpus-per-task (a cluster without affinity shows the whole node)."""
-    from slowlearn.placement import available_cores
-
-    cores = available_cores()
-    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return min(cores, int(per_task)) if per_task.isdigit() and int(per_task) > 0 else cores
-
-
 def job_log() -> str:
     """Where this submitit job's output goes (its training processes write there too)."""
     from submitit import JobEnvironment
@@ -85,24 +76,6 @@ def job_log() -> str:
         return str(JobEnvironment().paths.stderr)
     except (KeyError, RuntimeError):  # not started by submitit
         return "this process's standard error"
-
-
-def allocated_gpus() -> int:
-    """The GPUs this job sees (SLURM sets CUDA_VISIBLE_DEVICES to the allocation's)."""
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def process_shares(groups: int, cores: int, gpus: int) -> list[tuple[list[int], int | None]]:
-    """The groups (by index) each parallel process trains, and its GPU: one process per GPU
-    (``gpus``: those the groups may use), or per core without one, never more than there are
-    groups."""
-    processes = max(1, min(groups, gpus or cores))
-    return [
-        (list(range(first, groups, processes)), first if gpus else None)
-        for first in range(processes)
-    ]
 
 
 def lightning_requeue_off(cfg: DictConfig) -> None:
@@ -120,6 +93,7 @@ def resume_member(job: Any) -> None:
     import torch
 
     from slowlearn.checkpoints import LAST
+    from slowlearn.train import hide_events_after
 
     checkpoint = job.run_dir / "checkpoints" / LAST
     step = -1
@@ -127,9 +101,7 @@ def resume_member(job: Any) -> None:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         job.checkpoint, step = checkpoint, saved["global_step"]
     job.cfg.resume = str(job.run_dir)
-    for logger in job.cfg.get("logger", {}).values():
-        if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
-            logger.purge_step = step + 1
+    hide_events_after(job.cfg, step)
 
 
 # ------------------------------------------------------------------ preemption
@@ -238,7 +210,7 @@ class GroupTask:
         context = multiprocessing.get_context("spawn") if several else None
         with preemption_signal_blocked():  # the Event starts the resource tracker
             preemption = Preemption(context.Event() if context else None)
-        cores = allocated_cores()
+        cores = placement.allocated_cores()
         with env_override(self.env_set), preemption.installed():
             if several:
                 interrupted = self.train_in_processes(cores, preemption, context)
@@ -274,13 +246,12 @@ class GroupTask:
     def gpus_for_processes(self) -> int:
         """The GPUs the training processes take one each: none where the members' trainer
         does not train on one GPU (a CPU trainer, an explicit device list, DDP)."""
-        from slowlearn.placement import trains_on_one_gpu
-
         trainer = OmegaConf.create(self.groups[0][0]).trainer
-        return allocated_gpus() if trains_on_one_gpu(trainer.accelerator, trainer.devices) else 0
+        one_gpu = placement.trains_on_one_gpu(trainer.accelerator, trainer.devices)
+        return placement.allocated_gpus() if one_gpu else 0
 
     def train_in_processes(self, cores: int, preemption: Preemption, context: Any) -> bool:
-        """The groups in parallel processes (``process_shares``); True when a preemption
+        """The groups in parallel processes (``placement.process_shares``); True when a preemption
         stopped them. A process that dies fails its unfinished members, with its exit code;
         after a preemption signal, a process that has not stopped within ``stop_grace_s`` is
         killed, and its members resume with the others from their last checkpoints.
@@ -290,7 +261,7 @@ class GroupTask:
         reaches a process started after the signal."""
         from slowlearn.records import read_metrics, write_metrics
 
-        shares = process_shares(len(self.groups), cores, self.gpus_for_processes())
+        shares = placement.process_shares(len(self.groups), cores, self.gpus_for_processes())
         threads = max(1, cores // len(shares))
         processes = []
         for indices, device in shares:

@@ -1,4 +1,5 @@
-"""Where a job trains: the cores it may use and, where several GPUs are visible, which one."""
+"""Where a job trains: the cores it may use, and which GPU where several are visible; a
+submitit job's allocation, and how its groups' processes share it."""
 
 from __future__ import annotations
 
@@ -45,3 +46,29 @@ def round_robin_devices(
     if job_num is None or n_gpus < 2 or not trains_on_one_gpu(accelerator, devices):
         return None
     return [job_num % n_gpus]
+
+
+def allocated_cores() -> int:
+    """The cores of this job: its affinity mask (which SLURM sets with task affinity), at most
+    SLURM's cpus-per-task (a cluster without affinity shows the whole node)."""
+    cores = available_cores()
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(per_task)) if per_task.isdigit() and int(per_task) > 0 else cores
+
+
+def allocated_gpus() -> int:
+    """The GPUs this job sees (SLURM sets CUDA_VISIBLE_DEVICES to the allocation's)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def process_shares(groups: int, cores: int, gpus: int) -> list[tuple[list[int], int | None]]:
+    """The groups (by index) each parallel process trains, and its GPU: one process per GPU
+    (``gpus``: those the groups may use), or per core without one, never more than there are
+    groups."""
+    processes = max(1, min(groups, gpus or cores))
+    return [
+        (list(range(first, groups, processes)), first if gpus else None)
+        for first in range(processes)
+    ]

@@ -138,12 +138,16 @@ def resumed_config(cfg: DictConfig, overrides: Iterable[str]) -> tuple[DictConfi
             f"resume={str(run_dir)!r} is not allowed: it has trained all its "
             f"{epochs_done} epochs; add trainer.max_epochs=N with N > {epochs_done} to go on"
         )
-    # Hide what the interrupted run logged after its checkpoint: the curves continue from it.
-    step = saved_state["global_step"]
-    for logger in resumed.get("logger", {}).values():
+    hide_events_after(resumed, saved_state["global_step"])
+    return resumed, checkpoint
+
+
+def hide_events_after(cfg: DictConfig, step: int) -> None:
+    """A resumed run's TensorBoard loggers hide what the interrupted run logged after its
+    checkpoint's ``step`` (-1: everything), so that the curves continue from it."""
+    for logger in cfg.get("logger", {}).values():
         if str(logger.get("_target_", "")).endswith("TensorBoardLogger"):
             logger.purge_step = step + 1
-    return resumed, checkpoint
 
 
 def prepare(cfg: DictConfig, overrides: Sequence[str]) -> Job:
