@@ -36,12 +36,15 @@ eval: $(INSTALLED)  ## test accuracy of a checkpoint: make eval CKPT=logs/runs/.
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=<run folder>/checkpoints/last.ckpt"; exit 2; }
 	$(PY) -m slowlearn.evaluate $(CKPT)
 
-.PHONY: bench bench-sweep
+.PHONY: bench bench-sweep bench-levers
 bench: $(INSTALLED)  ## epoch times against a plain PyTorch loop and a torchvision DataLoader
 	$(PY) scripts/bench_epoch.py --out logs/bench $(BENCH_ARGS)
 
 bench-sweep: $(INSTALLED)  ## the 18-run ablation batched against the basic launcher, side by side
 	$(PY) scripts/bench_sweep.py --out logs/bench-sweep $(BENCH_ARGS)
+
+bench-levers: $(INSTALLED)  ## the step's levers not kept, each against the step's own way
+	$(PY) scripts/bench_levers.py --out logs/bench-levers $(BENCH_ARGS)
 
 # The report's folder: by default the newest sweep, so that `make report` follows `make sweep`.
 NEWEST_SWEEP = $(shell ls -dt logs/multiruns/*/*/ 2>/dev/null | head -n 1)

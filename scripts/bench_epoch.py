@@ -35,6 +35,7 @@ from benchlib import (
     fmt,
     import_seconds,
     interleaved,
+    machine,
     parser,
     report_header,
     run_process,
@@ -179,7 +180,7 @@ def time_process(args: argparse.Namespace, accelerator: str) -> dict[str, float]
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [
-        f"Benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): {env['device']}, "
+        f"Benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): {machine(env)}, "
         f"{env['threads']} torch threads on {env['cores']} cores, torch {env['torch']}, "
         f"Lightning {env['pytorch_lightning']}; median (min–max) of {report['repeats']} "
         f"interleaved rounds after {report['warmup']} warm-up.",

@@ -27,6 +27,7 @@ from benchlib import (
     floor_loop,
     import_seconds,
     interleaved,
+    machine,
     parser,
     report_header,
     run_process,
@@ -198,7 +199,7 @@ def graphs_markdown(report: dict[str, Any]) -> str:
 
     lines = [
         f"CUDA graphs benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
-        f"{env['device']}, torch {env['torch']}, Lightning {env['pytorch_lightning']}; "
+        f"{machine(env)}, torch {env['torch']}, Lightning {env['pytorch_lightning']}; "
         f"the default model, batch {graphs['batch_size']}, chunks of "
         f"{graphs['steps_per_chunk']} steps; median of {report['repeats']} rounds after "
         f"{report['warmup']} warm-up, the setups taking turns. slowlearn runs "

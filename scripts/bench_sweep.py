@@ -32,6 +32,7 @@ from benchlib import (
     fmt,
     import_seconds,
     interleaved,
+    machine,
     parser,
     report_header,
     run_process,
@@ -421,7 +422,7 @@ def sweep_markdown(report: dict[str, Any]) -> str:
     env, sweep = report["environment"], report["sweep"]
     lines = [
         f"Sweep benchmark of {env['date']} (commit {env['commit'] or 'unknown'}): "
-        f"{env['device']}, {env['cores']} cores, {env['threads']} threads, torch "
+        f"{machine(env)}, {env['cores']} cores, {env['threads']} threads, torch "
         f"{env['torch']}, Lightning {env['pytorch_lightning']}; {report['repeats']} rounds, "
         "the setups taking turns, ratios taken round by round.",
         "",

@@ -196,6 +196,17 @@ def import_seconds(threads: int | None) -> float:
     return float(result.stdout.strip())
 
 
+def cpu_model() -> str:
+    """The CPU's model name, where Linux gives one: machines of one kind differ in their CPU,
+    and matrix products on a CPU run at its kernels' speed for that model."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else ""
+
+
 def environment(device: Any, threads: int) -> dict[str, Any]:
     import torch
 
@@ -209,13 +220,18 @@ def environment(device: Any, threads: int) -> dict[str, Any]:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": commit,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "pytorch_lightning": pl.__version__,
     }
+
+
+def machine(env: dict[str, Any]) -> str:
+    """The device a benchmark ran on, in words: a GPU's name, or the CPU's model."""
+    return f"cpu ({env['cpu']})" if env["device"] == "cpu" else env["device"]
 
 
 def verdict(value: float, target: float, under: bool = False) -> str:

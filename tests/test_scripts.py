@@ -1,6 +1,6 @@
 """scripts/gpu_check.sh's CPU dry run trains and benchmarks as the GPU check does (its GPU
-tests skip on a CPU); `make bench-sweep`'s step and start-up parts run on tiny data; `make
-tensorboard` prints the URLs of its views."""
+tests skip on a CPU); `make bench-sweep`'s step and start-up parts run on tiny data, and `make
+bench-levers` on its own random tensors; `make tensorboard` prints the URLs of its views."""
 
 from __future__ import annotations
 
@@ -145,3 +145,35 @@ def test_the_study_stage_times_each_study_on_a_tiny_grid(tiny_data: Path, tmp_pa
     assert "Skipped to stay within the budget: ablation, lr_fair, max_members 64" in (
         (tmp_path / "cut" / "studies.md").read_text()
     )
+
+
+@pytest.mark.slow  # a benchmark process: make test-slow (CI runs it)
+def test_the_lever_benchmark_compares_each_lever_with_the_step(tmp_path: Path) -> None:
+    """make bench-levers: each lever timed against the step's way, and the fused objective
+    and the per-order products give the step's values bit for bit (oneDNN's may differ)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_levers.py"),
+            "--repeats=1",
+            "--warmup=0",
+            "--threads=1",
+            "--calls=2",
+            f"--out={tmp_path}",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    levers = json.loads((tmp_path / "bench.json").read_text())["levers"]
+    objectives, orders = (levers[name] for name in list(levers)[:2])
+    assert "objective" in list(levers)[0] and "data order" in list(levers)[1]
+    assert objectives["bit_identical"] and objectives["max_abs_difference"] == 0
+    assert orders["max_abs_difference"] < 1e-3
+    assert all(
+        r["step_ms"] > 0 and r["lever_ms"] > 0 for lever in levers.values() for r in lever["rounds"]
+    )
+    assert "| lever | the step's way, ms |" in (tmp_path / "bench.md").read_text()
