@@ -9,6 +9,7 @@ written before the batched launcher existed.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import warnings
@@ -70,4 +71,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # the imports' objects live until the exit: no collection walks them (train.py)
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 from pathlib import Path
 
 from slowlearn.report import DOSE_RESPONSE, LR_SENSITIVITY, OUTPUTS, make_report
@@ -21,4 +22,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # the imports' objects live until the exit: no collection walks them (train.py)
     main()

@@ -12,6 +12,7 @@ states too. A required preset without a sweep is an error (exit 2) that leaves b
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import subprocess
@@ -356,4 +357,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # the imports' objects live until the exit: no collection walks them (train.py)
     sys.exit(main())
