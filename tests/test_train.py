@@ -3,11 +3,16 @@ folder holds what a person and the report read (records, checkpoints, event file
 
 from __future__ import annotations
 
+import gc
+import json
 import re
 import statistics
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import read_metrics, read_scalars, runs_by_name
+import pytorch_lightning as pl
+
+from tests.conftest import TINY_ARGS, read_metrics, read_scalars, run_train, runs_by_name
 
 SCALARS = {
     "train/loss",
@@ -108,3 +113,34 @@ def test_a_single_run_prints_its_result_where_to_look_and_its_steps(single_run: 
     totals = re.findall(r"Epoch \d+: +\d+%\|[^|]*\| \d+/(\d+)", output)
     assert len(totals) >= 3 and set(totals) == {"10"}  # never a count of chunks, even at 0
     assert "litlogger" not in output and "Tip" not in output
+
+
+class CollectorProbe(pl.Callback):
+    """Writes, as training starts, whether the garbage collector runs and how many objects
+    the command froze out of its reach."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, *args: Any) -> None:
+        self.path.write_text(json.dumps({"on": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+
+
+def test_the_command_freezes_its_imports_and_collects_while_it_trains(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The collector is off during the command's imports, which are then frozen (hundreds of
+    thousands of objects: torch, Lightning, sympy), and on again for the runs."""
+    probe = tmp_path / "collector.json"
+    run_train(
+        [
+            f"data.dir={tiny_data}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *[a for a in TINY_ARGS if not a.startswith("trainer.max_epochs")],
+            "trainer.max_epochs=1",
+            "+callbacks.probe._target_=tests.test_train.CollectorProbe",
+            f"+callbacks.probe.path={probe}",
+        ]
+    )
+    state = json.loads(probe.read_text())
+    assert state["on"] and state["frozen"] > 100_000, state

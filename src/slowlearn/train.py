@@ -12,6 +12,14 @@ through ``train_and_test``, the code that a single run goes through as a group o
 from __future__ import annotations
 
 import gc
+
+if __name__ == "__main__":
+    # The command's imports (torch, Lightning, sympy) allocate most of its heap, nearly all
+    # of it to live until the exit: the collector's full passes over it while they run cost
+    # 1 s of the 4 to 5 s they take on a 2-core machine and would free 9 MiB. The __main__
+    # block at the end freezes what they made and turns the collector back on.
+    gc.disable()
+
 import logging
 import sys
 import time
@@ -373,9 +381,10 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     if problem := renamed_key(sys.argv[1:]) or unknown_group_option(sys.argv[1:]):
         sys.exit(f"error: {problem}")
-    # What the imports made (torch, Lightning, sympy: most of the heap) lives until the
-    # process ends. Frozen out of the garbage collector's reach, it is walked neither by the
-    # full collections during the runs nor by the interpreter's at exit: about 3 s of the
-    # 35 s ablation command on a 2-core machine (docs/performance.md).
+    # What the imports made lives until the process ends. Frozen out of the collector's
+    # reach, it is walked neither by the full collections during the runs nor by the
+    # interpreter's at exit: about 3 s of the 35 s ablation command on a 2-core machine, the
+    # imports' 1 s aside (docs/performance.md).
     gc.freeze()
+    gc.enable()
     main()
