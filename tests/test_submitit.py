@@ -195,6 +195,17 @@ class HangOnStop(pl.Callback):
         time.sleep(3600)
 
 
+class SecondEpochs(pl.Callback):
+    """Each epoch takes a second more, so that a job's few seconds train about as many epochs
+    on a fast machine as on a slow one."""
+
+    def on_train_epoch_start(self, *args: object) -> None:
+        time.sleep(1.0)
+
+
+SECOND_EPOCHS = "+callbacks.second._target_=tests.test_submitit.SecondEpochs"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("groups_per_job", "how"), [(1, "signal"), (2, "signal"), (1, "timeout"), (2, "hang")]
@@ -212,7 +223,7 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     ``signal_delay_s`` has passed, and their members resume from their last checkpoints."""
     timeout = how == "timeout"
     args = [f"data.dir={tiny_data}", *tiny("trainer.max_epochs"), "data.batch_size=10"]
-    epochs = (100,) if timeout else (6, 7)[:groups_per_job]  # one group per number of epochs
+    epochs = (8,) if timeout else (6, 7)[:groups_per_job]  # one group per number of epochs
     straight = {}
     for epoch_count in epochs:  # the same groups, uninterrupted
         run_args = [*args, f"trainer.max_epochs={epoch_count}"]
@@ -230,9 +241,10 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     if how == "hang":  # only the first job hangs: the requeued one gets no signal
         sweep += ["+callbacks.hang._target_=tests.test_submitit.HangOnStop"]
         sweep.append("hydra.launcher.signal_delay_s=4")
-    if timeout:  # 15 s a job, the signal at 5 s: the imports and a few of its 100 epochs
-        sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.25", "signal_delay_s=10")]
-        sweep.append("hydra.launcher.max_num_timeout=20")
+    if timeout:  # 30 s a job, the signal at 10 s: the imports and 2 to 5 of its 8 epochs
+        sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.5", "signal_delay_s=20")]
+        # submitit's local controller runs a job at most 6 times, whatever max_num_timeout
+        sweep += ["hydra.launcher.max_num_timeout=20", SECOND_EPOCHS]
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
     wait_for(sweep_dir / ".groups" / "groups.json", process)
     groups = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
