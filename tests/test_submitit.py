@@ -245,6 +245,8 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
         sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.5", "signal_delay_s=20")]
         # submitit's local controller runs a job at most 6 times, whatever max_num_timeout
         sweep += ["hydra.launcher.max_num_timeout=20", SECOND_EPOCHS]
+        probe = "+callbacks.probe._target_=tests.test_train.CollectorProbe"
+        sweep += [probe, f"+callbacks.probe.path={tmp_path / 'collector.json'}"]
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
     wait_for(sweep_dir / ".groups" / "groups.json", process)
     groups = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
@@ -258,6 +260,9 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     assert f"{runs} runs: {runs} completed" in stdout, stderr[-3000:]
     logs = Path(groups[0]["stdout"]).read_text() + Path(groups[0]["stderr"]).read_text()
     assert "Requeued job" in logs
+    if timeout:  # the job's process froze its imports, as the training command does
+        collector = json.loads((tmp_path / "collector.json").read_text())
+        assert collector["on"] and collector["frozen"] > 100_000, collector
     if how == "hang":
         assert logs.count("did not stop within 2 s of the preemption signal: killed") == 2
     else:

@@ -19,6 +19,7 @@ unfinished member from it, exactly as ``resume=<member folder>`` continues a sin
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -235,6 +236,11 @@ class GroupTask:
         preempted: Callable[[], bool],
     ) -> bool:
         """``groups`` one after the other; True when a preemption stopped them."""
+        import slowlearn.train  # noqa: F401 - torch and Lightning, imported before the freeze
+
+        # As the training command does (slowlearn.train's __main__): what the job's imports
+        # made lives until the process ends, and no collection need walk it.
+        gc.freeze()
         for members in groups:
             if preempted():
                 return True  # the signal came between two groups
