@@ -213,9 +213,10 @@ SECOND_EPOCHS = "+callbacks.second._target_=tests.test_submitit.SecondEpochs"
 def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     tiny_data: Path, tmp_path: Path, groups_per_job: int, how: str
 ) -> None:
-    """submitit's preemption signal (SIGUSR2) after the first epoch: each group stops at its
-    next chunk, writes each member's checkpoint there, the job is requeued, and each member
-    resumes from its own checkpoint, no step trained or logged twice. With two groups in the
+    """submitit's preemption signal (SIGUSR2) once every group has trained an epoch (each
+    epoch takes a second more): each group stops at its next chunk, writes each member's
+    checkpoint there, the job is requeued, and each member resumes from its own checkpoint,
+    no step trained or logged twice. With two groups in the
     job the signal reaches the task's process alone, which passes it to both training
     processes. ``timeout``: submitit's own trick instead, a job time too short for its epochs,
     whose signal comes ``signal_delay_s`` before the end (requeued as often as it takes).
@@ -241,19 +242,23 @@ def test_a_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_result(
     if how == "hang":  # only the first job hangs: the requeued one gets no signal
         sweep += ["+callbacks.hang._target_=tests.test_submitit.HangOnStop"]
         sweep.append("hydra.launcher.signal_delay_s=4")
+    # Epochs of a second or more: every group is still training when the signal comes, on a
+    # fast machine as on a slow one, where a job's processes may start seconds apart.
+    sweep.append(SECOND_EPOCHS)
     if timeout:  # 30 s a job, the signal at 10 s: the imports and 2 to 5 of its 8 epochs
         sweep += [f"hydra.launcher.{k}" for k in ("timeout_min=0.5", "signal_delay_s=20")]
         # submitit's local controller runs a job at most 6 times, whatever max_num_timeout
-        sweep += ["hydra.launcher.max_num_timeout=20", SECOND_EPOCHS]
+        sweep.append("hydra.launcher.max_num_timeout=20")
         probe = "+callbacks.probe._target_=tests.test_train.CollectorProbe"
         sweep += [probe, f"+callbacks.probe.path={tmp_path / 'collector.json'}"]
     process = start_sweep([*sweep, *args, f"hydra.sweep.dir={sweep_dir}"])
     wait_for(sweep_dir / ".groups" / "groups.json", process)
     groups = json.loads((sweep_dir / ".groups" / "groups.json").read_text())["groups"]
     member = Path(groups[0]["members"][0])
-    if not timeout:
+    if not timeout:  # the signal once every group has trained its first epoch
         pid = task_process(sweep_dir, member, process)
-        wait_for(member / "checkpoints" / "last.ckpt", process)
+        for group in groups:
+            wait_for(Path(group["members"][0]) / "checkpoints" / "last.ckpt", process)
         subprocess.run(["kill", f"-{signal.Signals.SIGUSR2.name}", str(pid)], check=True)
     stdout, stderr = process.communicate(timeout=300)
     runs = 2 * groups_per_job
