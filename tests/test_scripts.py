@@ -16,6 +16,21 @@ import pytest
 from tests.conftest import REPO, TINY_ARGS
 
 
+def run_benchmark(script: str, options: list[str], out: Path, timeout: float) -> dict:
+    """One round of ``scripts/<script>``, no warm-up, one thread: its bench.json."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), "--repeats=1", "--warmup=0"]
+        + ["--threads=1", f"--out={out}", *options],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "bench.json").read_text())
+
+
 @pytest.mark.slow  # a minute of processes: make test-slow (CI runs it)
 def test_gpu_check_dry_run_on_the_cpu(tiny_data: Path, tmp_path: Path) -> None:
     env = dict(
@@ -80,29 +95,9 @@ def test_bench_sweep_times_the_step_against_a_bare_loop_and_the_start_up(
     """make bench-sweep's step and start-up parts, on tiny data: each writes its table."""
     sweep = tmp_path / "sweep"  # the report writes into the folder it reads
     shutil.copytree(tiny_sweep, sweep)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench_sweep.py"),
-            "--repeats=1",
-            "--warmup=0",
-            "--threads=1",
-            "--parts",
-            "step",
-            "startup",
-            f"--report-sweep={sweep}",
-            f"--out={tmp_path / 'bench'}",
-            f"data.dir={tiny_data}",
-            *[arg for arg in TINY_ARGS if not arg.startswith(("trainer.max_epochs", "+"))],
-        ],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "bench" / "bench.json").read_text())["sweep"]
+    options = ["--parts", "step", "startup", f"--report-sweep={sweep}", f"data.dir={tiny_data}"]
+    options += [arg for arg in TINY_ARGS if not arg.startswith(("trainer.max_epochs", "+"))]
+    report = run_benchmark("bench_sweep.py", options, tmp_path / "bench", timeout=300)["sweep"]
     assert set(report) == {"step", "startup"}
     step = report["step"]
     assert step["rounds"][0]["group_ms"] > 0 and step["rounds"][0]["bare_ms"] > 0
@@ -151,24 +146,7 @@ def test_the_study_stage_times_each_study_on_a_tiny_grid(tiny_data: Path, tmp_pa
 def test_the_lever_benchmark_compares_each_lever_with_the_step(tmp_path: Path) -> None:
     """make bench-levers: each lever timed against the step's way, and the fused objective
     and the per-order products give the step's values bit for bit (oneDNN's may differ)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench_levers.py"),
-            "--repeats=1",
-            "--warmup=0",
-            "--threads=1",
-            "--calls=2",
-            f"--out={tmp_path}",
-        ],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    levers = json.loads((tmp_path / "bench.json").read_text())["levers"]
+    levers = run_benchmark("bench_levers.py", ["--calls=2"], tmp_path, timeout=120)["levers"]
     objectives, orders = (levers[name] for name in list(levers)[:2])
     assert "objective" in list(levers)[0] and "data order" in list(levers)[1]
     assert objectives["bit_identical"] and objectives["max_abs_difference"] == 0
